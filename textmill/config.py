@@ -1,0 +1,129 @@
+"""The recipe: pipeline configuration as YAML, validated into pydantic models before any work.
+
+One model per stage. Unknown fields are errors, so a typo fails loudly instead of
+silently falling back to a default. `load_recipe` reports the failing field and file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Strict):
+    """Where dataset versions live: a local folder or an fsspec URL such as s3://bucket/prefix."""
+
+    root: str = ".textmill/data"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExecutionConfig(_Strict):
+    """How shards run: a local process pool (default), or in-process for debugging."""
+
+    backend: Literal["local", "serial"] = "local"
+    workers: int | None = Field(default=None, ge=1, description="defaults to the number of cores")
+
+
+class RawChecks(_Strict):
+    """Blocking thresholds for the raw version."""
+
+    min_documents: int = Field(default=1, ge=0)
+    max_quarantine_rate: float = Field(default=0.5, ge=0.0, le=1.0)
+    max_empty_lang_rate: float = Field(default=0.2, ge=0.0, le=1.0)
+
+
+class RawConfig(_Strict):
+    """Ingestion: readers, HTML extraction and language identification."""
+
+    extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
+    main_content: bool = Field(default=True, description="drop boilerplate (menus, footers) when extracting")
+    html_mime_types: list[str] = Field(default_factory=lambda: ["text/html", "application/xhtml+xml"])
+    max_document_bytes: int = Field(default=5_000_000, ge=1024, description="larger payloads go to quarantine")
+    min_text_chars: int = Field(default=1, ge=1, description="shorter extracted text goes to quarantine as empty")
+    rows_per_part: int = Field(default=20_000, ge=1, description="documents per Parquet part; bounds worker memory")
+    batch_size: int = Field(default=256, ge=1, description="records extracted and language-identified per batch")
+    file_patterns: list[str] = Field(
+        default_factory=lambda: ["*.warc", "*.warc.gz", "*.wet", "*.wet.gz", "*.jsonl", "*.jsonl.gz",
+                                 "*.jsonl.zst", "*.json.gz", "*.parquet"],
+    )
+    checks: RawChecks = Field(default_factory=RawChecks)
+
+
+class Recipe(_Strict):
+    """A whole pipeline's configuration."""
+
+    name: str = "default"
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    raw: RawConfig = Field(default_factory=RawConfig)
+
+    @model_validator(mode="after")
+    def _patterns_not_empty(self) -> "Recipe":
+        if not self.raw.file_patterns:
+            raise ValueError("raw.file_patterns must list at least one pattern")
+        return self
+
+    def with_root(self, root: str, storage_options: dict[str, Any] | None = None) -> "Recipe":
+        """The same recipe writing under another storage root."""
+        storage = StorageConfig(root=root, storage_options=storage_options or self.storage.storage_options)
+        return self.model_copy(update={"storage": storage})
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    got = error.get("input")
+    shown = "" if error["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+    return f"field '{field}': {message}{shown}"
+
+
+def parse_recipe(data: dict[str, Any] | None, *, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe mapping; errors name the field and the source."""
+    try:
+        return Recipe.model_validate(data or {})
+    except ValidationError as exc:
+        details = "; ".join(_describe(error) for error in exc.errors())
+        raise RecipeError(f"{source}: invalid recipe: {details}") from None
+
+
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Read and validate a YAML recipe file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return parse_recipe(data, source=str(path))
+
+
+DEFAULT_RECIPE_PATH = Path("recipes/default.yaml")
+
+
+def resolve_recipe(path: str | os.PathLike[str] | None = None) -> Recipe:
+    """The recipe at `path`, else $TEXTMILL_RECIPE, else recipes/default.yaml, else built-in defaults."""
+    candidate = path or os.environ.get("TEXTMILL_RECIPE")
+    if candidate:
+        return load_recipe(candidate)
+    if DEFAULT_RECIPE_PATH.exists():
+        return load_recipe(DEFAULT_RECIPE_PATH)
+    return Recipe()

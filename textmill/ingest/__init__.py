@@ -1,0 +1,1 @@
+"""Ingestion: streaming readers, HTML extraction, charset detection and language id."""

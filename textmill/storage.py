@@ -1,0 +1,305 @@
+"""Dataset versions on any fsspec store: a local folder by default, or s3://bucket/prefix.
+
+Layout under the root:
+
+    datasets/{stage}/{partition}/{version}/part-*.parquet + _manifest.json (written last)
+    quarantine/{stage}/{partition}/{version}/part-*.parquet
+    landing/{crawl}/...
+
+A version folder without `_manifest.json` is an unfinished write: readers ignore it and a
+rerun replaces it. Parts are written under a temporary name and renamed on local disk;
+on object stores every PUT is atomic, and the manifest commits the version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import fsspec
+import polars as pl
+import xxhash
+
+from textmill import __version__
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_manifest.json"
+PARQUET_COMPRESSION = "zstd"
+
+
+def content_version(*, stage: str, code_version: str, config: Any, inputs: Any) -> str:
+    """Content address of a version: a hash of code version, resolved config and inputs."""
+    payload = json.dumps(
+        {"stage": stage, "code_version": code_version, "config": config, "inputs": inputs},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One written Parquet part: path relative to the version folder, rows, bytes, checksum."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+
+
+@dataclass
+class Manifest:
+    """What a finished version holds and how it was made."""
+
+    stage: str
+    partition: str
+    version: str
+    code_version: str
+    files: list[dict[str, Any]]
+    inputs: list[dict[str, Any]]
+    config: dict[str, Any]
+    statistics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    quarantine: dict[str, Any] = field(default_factory=dict)
+    textmill_version: str = __version__
+    created_at: str = ""
+
+    @property
+    def rows(self) -> int:
+        return sum(int(f["rows"]) for f in self.files)
+
+    @property
+    def bytes(self) -> int:
+        return sum(int(f["bytes"]) for f in self.files)
+
+    def to_json(self) -> str:
+        data = self.__dict__ | {"rows": self.rows, "bytes": self.bytes}
+        return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        data = json.loads(text)
+        data.pop("rows", None)
+        data.pop("bytes", None)
+        return cls(**data)
+
+
+def _s3_to_object_store(options: dict[str, Any]) -> dict[str, str]:
+    """Translate s3fs options into the object_store keys Polars' native reader takes."""
+    out: dict[str, str] = {}
+    client = options.get("client_kwargs", {}) or {}
+    endpoint = options.get("endpoint_url") or client.get("endpoint_url")
+    if endpoint:
+        out["aws_endpoint_url"] = endpoint
+        if endpoint.startswith("http://"):
+            out["aws_allow_http"] = "true"
+    if options.get("key"):
+        out["aws_access_key_id"] = options["key"]
+    if options.get("secret"):
+        out["aws_secret_access_key"] = options["secret"]
+    if options.get("token"):
+        out["aws_session_token"] = options["token"]
+    region = options.get("region_name") or client.get("region_name")
+    if region:
+        out["aws_region"] = region
+    return out
+
+
+class Store:
+    """A storage root (local path or fsspec URL) holding dataset versions, landing and quarantine."""
+
+    def __init__(self, root: str, *, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = root
+        self.storage_options = dict(storage_options or {})
+        self.fs, base = fsspec.core.url_to_fs(root, **self.storage_options)
+        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.is_local = self.protocol in ("file", "local")
+        if self.is_local:
+            base = os.path.abspath(base)
+        self.base = base.rstrip("/")
+
+    def __reduce__(self):  # picklable for worker processes: rebuild from the spec
+        return (Store, (self.url,), {"storage_options": self.storage_options})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(self.url, storage_options=state["storage_options"])
+
+    # paths ---------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.base, *parts)
+
+    def uri(self, path: str) -> str:
+        """A full URL for a store path (what Polars and users see)."""
+        return path if self.is_local else f"{self.protocol}://{path}"
+
+    def version_dir(self, stage: str, partition: str, version: str) -> str:
+        return self.path("datasets", stage, partition, version)
+
+    def quarantine_dir(self, stage: str, partition: str, version: str) -> str:
+        return self.path("quarantine", stage, partition, version)
+
+    def landing_dir(self, crawl: str | None = None) -> str:
+        return self.path("landing", crawl) if crawl else self.path("landing")
+
+    # bytes ---------------------------------------------------------------------------
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a whole file so that no reader sees it half-written."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.fs.cat_file(path)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def remove_tree(self, path: str) -> None:
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def listdir(self, path: str) -> list[str]:
+        """Names (not paths) directly under a folder; empty if it does not exist."""
+        try:
+            entries = self.fs.ls(path, detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
+
+    # parquet -------------------------------------------------------------------------
+    def write_parquet(self, frame: pl.DataFrame, path: str) -> PartInfo:
+        """Write one Parquet part atomically; returns its row count, size and checksum."""
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, compression=PARQUET_COMPRESSION, statistics=True)
+        data = buffer.getvalue()
+        self.write_bytes(path, data)
+        return PartInfo(
+            path=posixpath.basename(path), rows=frame.height, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+        )
+
+    # versions ------------------------------------------------------------------------
+    def manifest(self, stage: str, partition: str, version: str) -> Manifest | None:
+        path = posixpath.join(self.version_dir(stage, partition, version), MANIFEST)
+        try:
+            return Manifest.from_json(self.read_bytes(path).decode())
+        except FileNotFoundError:
+            return None
+
+    def versions(self, stage: str, partition: str) -> list[Manifest]:
+        """Finished versions of a stage's partition, oldest first; unfinished folders are ignored."""
+        found = []
+        for name in self.listdir(self.path("datasets", stage, partition)):
+            manifest = self.manifest(stage, partition, name)
+            if manifest is not None:
+                found.append(manifest)
+        return sorted(found, key=lambda m: (m.created_at, m.version))
+
+    def latest(self, stage: str, partition: str) -> Manifest | None:
+        versions = self.versions(stage, partition)
+        return versions[-1] if versions else None
+
+    def partitions(self, stage: str) -> list[str]:
+        return self.listdir(self.path("datasets", stage))
+
+    def part_uris(self, manifest: Manifest) -> list[str]:
+        folder = self.version_dir(manifest.stage, manifest.partition, manifest.version)
+        return [self.uri(posixpath.join(folder, f["path"])) for f in manifest.files]
+
+    def scan(self, manifest: Manifest) -> pl.LazyFrame:
+        """A lazy frame over a finished version's parts (streaming, nothing loaded yet)."""
+        uris = self.part_uris(manifest)
+        if not uris:
+            from textmill.schema import DOCUMENT_SCHEMA
+
+            return pl.LazyFrame(schema=DOCUMENT_SCHEMA)
+        if self.is_local:
+            return pl.scan_parquet(uris)
+        options = _s3_to_object_store(self.storage_options) if self.protocol in ("s3", "s3a") else None
+        return pl.scan_parquet(uris, storage_options=options)
+
+    def begin(self, stage: str, partition: str, version: str) -> "VersionWriter":
+        return VersionWriter(self, stage, partition, version)
+
+
+class VersionWriter:
+    """Writes one version: clears any unfinished attempt, then parts, then the manifest last."""
+
+    def __init__(self, store: Store, stage: str, partition: str, version: str) -> None:
+        self.store = store
+        self.stage = stage
+        self.partition = partition
+        self.version = version
+        self.folder = store.version_dir(stage, partition, version)
+        self.quarantine_folder = store.quarantine_dir(stage, partition, version)
+        if store.manifest(stage, partition, version) is not None:
+            raise FileExistsError(f"version {stage}/{partition}/{version} is already complete")
+        # an unfinished earlier attempt: nothing reads it, so start clean
+        store.remove_tree(self.folder)
+        store.remove_tree(self.quarantine_folder)
+
+    def part_path(self, name: str) -> str:
+        return posixpath.join(self.folder, name)
+
+    def quarantine_path(self, name: str) -> str:
+        return posixpath.join(self.quarantine_folder, name)
+
+    def commit(
+        self,
+        *,
+        code_version: str,
+        files: Iterable[PartInfo],
+        inputs: list[dict[str, Any]],
+        config: dict[str, Any],
+        statistics: dict[str, Any],
+        timings: dict[str, float],
+        quarantine: dict[str, Any],
+    ) -> Manifest:
+        """Write `_manifest.json`: from this moment readers see the version."""
+        manifest = Manifest(
+            stage=self.stage,
+            partition=self.partition,
+            version=self.version,
+            code_version=code_version,
+            files=[part.as_dict() for part in sorted(files, key=lambda p: p.path)],
+            inputs=inputs,
+            config=config,
+            statistics=statistics,
+            timings=timings,
+            quarantine=quarantine,
+            created_at=datetime.now(timezone.utc).isoformat(),
+        )
+        self.store.write_bytes(posixpath.join(self.folder, MANIFEST), manifest.to_json().encode())
+        log.info("committed %s/%s/%s: %d rows", self.stage, self.partition, self.version, manifest.rows)
+        return manifest
+
+
+def file_fingerprint(fs: fsspec.AbstractFileSystem, path: str, *, window: int = 1 << 20) -> dict[str, Any]:
+    """A cheap content fingerprint of an input file: size plus a hash of its head and tail."""
+    size = int(fs.size(path))
+    digest = xxhash.xxh3_128()
+    with fs.open(path, "rb") as handle:
+        digest.update(handle.read(window))
+        if size > window:
+            handle.seek(max(window, size - window))
+            digest.update(handle.read(window))
+    return {"name": posixpath.basename(path), "size": size, "fingerprint": digest.hexdigest()}

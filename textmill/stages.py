@@ -103,6 +103,7 @@ def raw(
     results: list[ShardResult] = []
     for done, result in enumerate(executor.map(ingest_shard, tasks), start=1):
         results.append(result)
+        log.info("raw %s: %d/%d files ingested", crawl, done, len(tasks), extra={"progress": ("raw", done, len(tasks))})
         if progress:
             progress(done, len(tasks))
     wall = time.perf_counter() - started
@@ -117,7 +118,7 @@ def raw(
         languages.update(result.languages)
         charsets.update(result.charsets)
     documents = sum(r.documents for r in results)
-    records = sum(r.records for r in results)
+    records = sum(r.records for r in results) + sum(skipped.values())
     statistics = {
         "documents": documents,
         "records_read": records,

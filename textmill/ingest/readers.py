@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import logging
+import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ Format = Literal["warc", "jsonl", "parquet"]
 
 # Quarantine reasons (one vocabulary for the whole ingest stage).
 TRUNCATED_GZIP = "truncated_gzip"
+TRUNCATED_ZSTD = "truncated_zstd"
 TRUNCATED_RECORD = "truncated_record"
 CORRUPT_WARC = "corrupt_warc"
 CORRUPT_FILE = "corrupt_file"
@@ -83,15 +85,6 @@ def detect_format(name: str) -> Format:
     if lower.endswith(".parquet"):
         return "parquet"
     raise ValueError(f"unsupported input file type: {name}")
-
-
-def _decompressing(handle: IO[bytes], name: str) -> IO[bytes]:
-    lower = name.lower()
-    if lower.endswith(".gz"):
-        return gzip.GzipFile(fileobj=handle)  # type: ignore[return-value]
-    if lower.endswith((".zst", ".zstd")):
-        return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True)  # type: ignore[return-value]
-    return handle
 
 
 def _clean_uri(uri: str | None) -> str:
@@ -171,14 +164,88 @@ def _dechunk_strict(body: bytes) -> bytes:
 
 
 def _gzip_tail_complete(handle: IO[bytes], offset: int) -> bool:
-    """True if the gzip member starting at `offset` (the last one read) ends cleanly."""
+    """True if every gzip member from `offset` (the last record read) to the end of the file ends cleanly.
+
+    All members are walked, not only the first: a file cut a few bytes into the member after
+    the last record fastwarc yields would otherwise pass as complete.
+    """
     handle.seek(offset)
     inflater = zlib.decompressobj(wbits=31)
-    while chunk := handle.read(1 << 16):
-        inflater.decompress(chunk)
-        if inflater.eof:
-            return True
-    return inflater.eof
+    pending = False  # bytes fed into a member that has not ended yet
+    while data := handle.read(1 << 16):
+        while data:
+            inflater.decompress(data)
+            pending = True
+            if inflater.eof:
+                data, pending = inflater.unused_data, False
+                inflater = zlib.decompressobj(wbits=31)
+            else:
+                data = b""
+    return not pending
+
+
+_WARC_VERSION_LINE = re.compile(rb"WARC/\d+\.\d+\r?\n")
+_CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*\r?$")
+
+
+def _plain_tail_complete(handle: IO[bytes], offset: int) -> bool:
+    """True if the uncompressed record at `offset` (the last one read) is whole and only blank bytes follow.
+
+    fastwarc stops silently when a plain file ends inside a header block or inside a body
+    it was not asked to read; this finds both.
+    """
+    handle.seek(0, io.SEEK_END)
+    size = handle.tell()
+    handle.seek(offset)
+    head = handle.read(1 << 16)
+    if not head.strip():
+        return True
+    ends = [(i, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (i := head.find(sep)) >= 0]
+    if not ends:
+        return False
+    index, width = min(ends)
+    length = _CONTENT_LENGTH.search(head[:index])
+    if length is None:
+        return False
+    stop = offset + index + width + int(length.group(1))
+    if stop > size:
+        return False
+    handle.seek(stop)
+    return not handle.read(1 << 16).strip()
+
+
+def _looks_like_record(handle: IO[bytes], offset: int, gz: bool) -> bool:
+    if gz:
+        handle.seek(offset)
+        try:
+            head = zlib.decompressobj(wbits=31).decompress(handle.read(1 << 16), 64)
+        except zlib.error:
+            return False
+        return _WARC_VERSION_LINE.match(head) is not None
+    handle.seek(max(0, offset - 1))
+    head = handle.read(65)
+    if offset > 0:
+        if head[:1] != b"\n":
+            return False
+        head = head[1:]
+    return _WARC_VERSION_LINE.match(head) is not None
+
+
+def _next_record_start(handle: IO[bytes], start: int, gz: bool, *, window: int = 1 << 20) -> int | None:
+    """Offset of the next plausible record (gzip member holding `WARC/x.y`, or such a line) from `start`."""
+    needle = b"\x1f\x8b\x08" if gz else b"WARC/"
+    position = start
+    while True:
+        handle.seek(position)
+        chunk = handle.read(window)
+        found = chunk.find(needle)
+        while found >= 0:
+            if _looks_like_record(handle, position + found, gz):
+                return position + found
+            found = chunk.find(needle, found + 1)
+        if len(chunk) < window:
+            return None
+        position += len(chunk) - len(needle) + 1
 
 
 def read_warc(
@@ -190,115 +257,193 @@ def read_warc(
     max_bytes: int,
     skipped: Counter[str],
 ) -> Iterator[Record | Rejected]:
-    """HTML responses and WET conversion records of a WARC file; the rest is counted as skipped."""
-    last_offset = 0
+    """HTML responses and WET conversion records of a WARC file; the rest is counted as skipped.
+
+    After corrupt bytes the reader resynchronises on the next record (gzip member or
+    `WARC/x.y` line), so one bad record does not cost the rest of the file.
+    """
+    gz = name.lower().endswith(".gz")
+    last_offset = 0  # start of the last record the iterator yielded (absolute: fastwarc counts from 0)
+    resume = 0  # where the current ArchiveIterator started
+    truncated_at = -1
     wanted = WarcRecordType.response | WarcRecordType.conversion | WarcRecordType.resource
-    try:
-        for rec in ArchiveIterator(handle, parse_http=False, min_content_length=None):
-            last_offset = rec.stream_pos
-            rtype = rec.record_type
-            if not (rtype & wanted):
-                skipped[f"{rtype}_record"] += 1
-                continue
-            url = _clean_uri(rec.headers.get("WARC-Target-URI"))
-            record_id = rec.record_id or f"{name}@{rec.stream_pos}"
-            fetched_at = _parse_date(rec.headers.get("WARC-Date"))
-            declared = rec.content_length
-            if declared > max_bytes:
-                rec.reader.consume()
-                skipped_payload = b""
-                yield Rejected(OVERSIZED, f"{declared} bytes > cap {max_bytes}", source, rec.stream_pos,
-                               record_id, url, skipped_payload)
-                continue
-            if rtype == WarcRecordType.conversion:
-                body = rec.reader.read()
-                if len(body) < declared:
-                    yield Rejected(TRUNCATED_RECORD, f"read {len(body)} of {declared} bytes", source,
-                                   rec.stream_pos, record_id, url, body)
-                    continue
-                yield Record(url, record_id, fetched_at, source, rec.stream_pos, body, "text", "utf-8")
-                continue
-            if rtype == WarcRecordType.resource:
-                content_type = (rec.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-                if content_type not in html_mime_types:
-                    rec.reader.consume()
-                    skipped["non_html"] += 1
-                    continue
-                body = rec.reader.read()
-                if len(body) < declared:
-                    yield Rejected(TRUNCATED_RECORD, f"read {len(body)} of {declared} bytes", source,
-                                   rec.stream_pos, record_id, url, body)
-                    continue
-                yield Record(url, record_id, fetched_at, source, rec.stream_pos, body, "html", None)
-                continue
-            # response: an HTTP message
-            raw = rec.reader.read()
-            if len(raw) < declared:
-                yield Rejected(TRUNCATED_RECORD, f"read {len(raw)} of {declared} bytes", source,
-                               rec.stream_pos, record_id, url, raw)
-                continue
-            parsed = _split_http(raw)
-            if parsed is None:
-                if raw.startswith(b"HTTP/") or not raw.strip():
-                    yield Rejected(CORRUPT_WARC, "response record without a complete HTTP header block", source,
-                                   rec.stream_pos, record_id, url, raw)
-                else:
-                    skipped["non_http_response"] += 1
-                continue
-            status, headers, body = parsed
-            if not status.startswith("2"):
-                skipped[f"http_{status or 'unknown'}"] += 1
-                continue
-            content_type = headers.get("content-type", "")
-            mime = content_type.split(";")[0].strip().lower()
-            if mime and mime not in html_mime_types:
-                skipped["non_html"] += 1
-                continue
-            if not mime:
-                sniff = body[:512].lstrip().lower()
-                if not (sniff.startswith(b"<!doctype html") or sniff.startswith(b"<html") or b"<body" in sniff):
-                    skipped["non_html"] += 1
-                    continue
-            try:
-                if "chunked" in headers.get("transfer-encoding", "").lower():
-                    body = _dechunk(body)  # falls back to the body as stored when it is not chunked
-                body = _decode_content_encoding(body, headers.get("content-encoding", ""))
-            except Exception as exc:  # noqa: BLE001 - any decoder failure is the record's fault
-                yield Rejected(BAD_CONTENT_ENCODING, f"{type(exc).__name__}: {exc}", source, rec.stream_pos,
-                               record_id, url, raw)
-                continue
-            if len(body) > max_bytes:
-                yield Rejected(OVERSIZED, f"{len(body)} decoded bytes > cap {max_bytes}", source,
-                               rec.stream_pos, record_id, url, b"")
-                continue
-            charset = None
-            for part in content_type.split(";")[1:]:
-                key, _, value = part.partition("=")
-                if key.strip().lower() == "charset":
-                    charset = value.strip().strip("'\"") or None
-            yield Record(url, record_id, fetched_at, source, rec.stream_pos, body, "html", charset)
-    except Exception as exc:  # noqa: BLE001 - a broken file must not stop the crawl
-        yield Rejected(CORRUPT_WARC, f"{type(exc).__name__}: {exc} (rest of file not read)", source, last_offset)
-        return
-    if name.lower().endswith(".gz"):
+    while True:
         try:
-            complete = _gzip_tail_complete(handle, last_offset)
+            if resume:
+                handle.seek(resume)
+            for rec in ArchiveIterator(handle, parse_http=False, min_content_length=None):
+                last_offset = rec.stream_pos
+                rtype = rec.record_type
+                if not (rtype & wanted):
+                    if not rec.headers.get("WARC-Type"):
+                        # fastwarc accepts a header block without WARC-Type (mandatory): a broken record
+                        yield Rejected(CORRUPT_WARC, "record without a WARC-Type header", source, rec.stream_pos,
+                                       rec.record_id or "", "", rec.reader.read(QUARANTINE_PAYLOAD_CAP))
+                        continue
+                    skipped[f"{rtype}_record"] += 1
+                    continue
+                url = _clean_uri(rec.headers.get("WARC-Target-URI"))
+                record_id = rec.record_id or f"{name}@{rec.stream_pos}"
+                fetched_at = _parse_date(rec.headers.get("WARC-Date"))
+                declared = rec.content_length
+                if declared > max_bytes:
+                    rec.reader.consume()
+                    skipped_payload = b""
+                    yield Rejected(OVERSIZED, f"{declared} bytes > cap {max_bytes}", source, rec.stream_pos,
+                                   record_id, url, skipped_payload)
+                    continue
+                if rtype == WarcRecordType.conversion:
+                    body = rec.reader.read()
+                    if len(body) < declared:
+                        truncated_at = rec.stream_pos
+                        yield Rejected(TRUNCATED_RECORD, f"read {len(body)} of {declared} bytes", source,
+                                       rec.stream_pos, record_id, url, body)
+                        continue
+                    yield Record(url, record_id, fetched_at, source, rec.stream_pos, body, "text", "utf-8")
+                    continue
+                if rtype == WarcRecordType.resource:
+                    content_type = (rec.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                    if content_type not in html_mime_types:
+                        rec.reader.consume()
+                        skipped["non_html"] += 1
+                        continue
+                    body = rec.reader.read()
+                    if len(body) < declared:
+                        truncated_at = rec.stream_pos
+                        yield Rejected(TRUNCATED_RECORD, f"read {len(body)} of {declared} bytes", source,
+                                       rec.stream_pos, record_id, url, body)
+                        continue
+                    yield Record(url, record_id, fetched_at, source, rec.stream_pos, body, "html", None)
+                    continue
+                # response: an HTTP message
+                raw = rec.reader.read()
+                if len(raw) < declared:
+                    truncated_at = rec.stream_pos
+                    yield Rejected(TRUNCATED_RECORD, f"read {len(raw)} of {declared} bytes", source,
+                                   rec.stream_pos, record_id, url, raw)
+                    continue
+                parsed = _split_http(raw)
+                if parsed is None:
+                    if raw.startswith(b"HTTP/") or not raw.strip():
+                        yield Rejected(CORRUPT_WARC, "response record without a complete HTTP header block",
+                                       source, rec.stream_pos, record_id, url, raw)
+                    else:
+                        skipped["non_http_response"] += 1
+                    continue
+                status, headers, body = parsed
+                if not status.startswith("2"):
+                    skipped[f"http_{status or 'unknown'}"] += 1
+                    continue
+                content_type = headers.get("content-type", "")
+                mime = content_type.split(";")[0].strip().lower()
+                if mime and mime not in html_mime_types:
+                    skipped["non_html"] += 1
+                    continue
+                if not mime:
+                    sniff = body[:512].lstrip().lower()
+                    if not (sniff.startswith(b"<!doctype html") or sniff.startswith(b"<html") or b"<body" in sniff):
+                        skipped["non_html"] += 1
+                        continue
+                try:
+                    if "chunked" in headers.get("transfer-encoding", "").lower():
+                        body = _dechunk(body)  # falls back to the body as stored when it is not chunked
+                    body = _decode_content_encoding(body, headers.get("content-encoding", ""))
+                except Exception as exc:  # noqa: BLE001 - any decoder failure is the record's fault
+                    yield Rejected(BAD_CONTENT_ENCODING, f"{type(exc).__name__}: {exc}", source, rec.stream_pos,
+                                   record_id, url, raw)
+                    continue
+                if len(body) > max_bytes:
+                    yield Rejected(OVERSIZED, f"{len(body)} decoded bytes > cap {max_bytes}", source,
+                                   rec.stream_pos, record_id, url, b"")
+                    continue
+                charset = None
+                for part in content_type.split(";")[1:]:
+                    key, _, value = part.partition("=")
+                    if key.strip().lower() == "charset":
+                        charset = value.strip().strip("'\"") or None
+                yield Record(url, record_id, fetched_at, source, rec.stream_pos, body, "html", charset)
+        except Exception as exc:  # noqa: BLE001 - a broken record must not stop the file, nor the crawl
+            scan_from = max(last_offset, resume) + 1  # always moves forward, so this loop ends
+            try:
+                found = _next_record_start(handle, scan_from, gz)
+            except Exception as scan_exc:  # noqa: BLE001
+                log.debug("resync failed in %s: %s", name, scan_exc)
+                found = None
+            where = "rest of file not read" if found is None else f"resumed at offset {found}"
+            yield Rejected(CORRUPT_WARC, f"{type(exc).__name__}: {exc} ({where})", source, last_offset)
+            if found is None:
+                return
+            resume = last_offset = found
+            continue
+        break
+    tail = max(last_offset, resume)
+    if gz:
+        try:
+            complete = _gzip_tail_complete(handle, tail)
         except (OSError, zlib.error) as exc:
             complete = False
             log.debug("gzip tail check failed for %s: %s", name, exc)
         if not complete:
-            yield Rejected(TRUNCATED_GZIP, "gzip stream ends before its last member is complete", source,
-                           last_offset)
+            yield Rejected(TRUNCATED_GZIP, "gzip stream ends before its last member is complete", source, tail)
+    elif truncated_at != tail and not _plain_tail_complete(handle, tail):
+        yield Rejected(TRUNCATED_RECORD, "file ends inside a record (header or body incomplete)", source, tail)
+
+
+def _decompressed_chunks(handle: IO[bytes], name: str, size: int = 1 << 16) -> Iterator[bytes]:
+    """The decompressed bytes of a file in chunks; raises EOFError where a compressed stream is cut short.
+
+    Chunks come one decompression step at a time, so everything before a truncation is
+    still delivered (a buffered readline over GzipFile loses the whole last buffer).
+    """
+    lower = name.lower()
+    if lower.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=handle)
+        while chunk := stream.read1(size):
+            yield chunk
+        return
+    if lower.endswith((".zst", ".zstd")):
+        # zstandard's stream_reader ends silently on a truncated frame: track frame ends ourselves
+        decompressor = zstandard.ZstdDecompressor()
+        inflater = decompressor.decompressobj()
+        pending = False
+        while data := handle.read(size):
+            while data:
+                out = inflater.decompress(data)
+                pending = True
+                if out:
+                    yield out
+                if inflater.eof:
+                    data, pending = inflater.unused_data, False
+                    inflater = decompressor.decompressobj()
+                else:
+                    data = b""
+        if pending:
+            raise EOFError("zstd stream ended before the end of its last frame")
+        return
+    while chunk := handle.read(size):
+        yield chunk
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        start = 0
+        while (newline := buffer.find(b"\n", start)) >= 0:
+            yield bytes(buffer[start : newline + 1])
+            start = newline + 1
+        del buffer[:start]
+    if buffer:
+        yield bytes(buffer)
 
 
 def read_jsonl(
     handle: IO[bytes], *, source: str, name: str, max_bytes: int, skipped: Counter[str]
 ) -> Iterator[Record | Rejected]:
     """One JSON object per line with at least `text`; id, url, source and dates are picked up when present."""
-    stream = _decompressing(handle, name)
     offset = 0
     try:
-        for line_number, line in enumerate(io.BufferedReader(stream, buffer_size=1 << 20)):  # type: ignore[arg-type]
+        for line_number, line in enumerate(_lines(_decompressed_chunks(handle, name))):
             offset = line_number
             if not line.strip():
                 skipped["blank_line"] += 1
@@ -321,7 +466,10 @@ def read_jsonl(
             record_source = str(obj.get("source") or source)
             yield Record(url, record_id, _parse_date(fetched), record_source, line_number, obj["text"], "text")
     except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
-        reason = TRUNCATED_GZIP if isinstance(exc, EOFError) else CORRUPT_FILE
+        if isinstance(exc, EOFError):
+            reason = TRUNCATED_ZSTD if name.lower().endswith((".zst", ".zstd")) else TRUNCATED_GZIP
+        else:
+            reason = CORRUPT_FILE
         yield Rejected(reason, f"{type(exc).__name__}: {exc} (after line {offset})", source, offset)
 
 

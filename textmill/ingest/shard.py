@@ -109,11 +109,15 @@ class _ShardWriter:
         self.rejected: list[readers.Rejected] = []
 
     def add(self, frame: pl.DataFrame) -> None:
-        if frame.height:
-            self.frames.append(frame)
-            self.rows += frame.height
-        if self.rows >= self.task.config.rows_per_part:
-            self.flush_documents()
+        """Buffer a batch; parts hold exactly `rows_per_part` rows (the last one fewer)."""
+        limit = self.task.config.rows_per_part
+        while frame.height:
+            room = limit - self.rows
+            self.frames.append(frame.head(room))
+            self.rows += min(room, frame.height)
+            frame = frame.slice(room)
+            if self.rows >= limit:
+                self.flush_documents()
 
     def reject(self, item: readers.Rejected) -> None:
         self.result.quarantined[item.reason] += 1

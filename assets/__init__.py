@@ -1,0 +1,1 @@
+"""Dagster adapters: assets, partitions, sensors and resources over the textmill core."""

@@ -1,0 +1,16 @@
+"""The Dagster code location: `dagster-webserver -m assets.definitions`."""
+
+from dagster import Definitions
+
+from assets.raw import raw
+from assets.resources import resource_from_env
+from assets.sensors import landing_sensor
+
+# every asset in lineage order; `textmill demo` materializes all of them for a crawl
+ALL_ASSETS = [raw]
+
+defs = Definitions(
+    assets=ALL_ASSETS,
+    sensors=[landing_sensor],
+    resources={"textmill": resource_from_env()},
+)

@@ -1,0 +1,53 @@
+"""Turn core results into Dagster metadata and check results (no logic of their own)."""
+
+from __future__ import annotations
+
+from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, TableColumn, TableSchema
+
+from checks.base import CheckOutcome
+from textmill.stages import StageResult
+from textmill.storage import Store
+
+PREVIEW_ROWS = 5
+PREVIEW_CHARS = 240
+
+
+def markdown_preview(store: Store, result: StageResult, *, rows: int = PREVIEW_ROWS) -> str:
+    """A markdown table of the first documents of a version."""
+    frame = store.scan(result.manifest).select("id", "url", "lang", "n_chars", "text").head(rows).collect()
+    lines = ["| id | url | lang | chars | text |", "|---|---|---|---|---|"]
+    for row in frame.iter_rows(named=True):
+        text = " ".join(row["text"][:PREVIEW_CHARS].split()).replace("|", "\\|")
+        url = (row["url"] or "").replace("|", "\\|")
+        lines.append(f"| {row['id'][:12]} | {url} | {row['lang']} | {row['n_chars']} | {text}… |")
+    return "\n".join(lines)
+
+
+def version_metadata(store: Store, result: StageResult) -> dict:
+    """Metadata every textmill asset reports for the version it produced."""
+    manifest = result.manifest
+    schema = store.scan(manifest).collect_schema()
+    return {
+        "dagster/row_count": manifest.rows,
+        "dagster/column_schema": TableSchema(columns=[TableColumn(name, str(dtype)) for name, dtype in schema.items()]),
+        "version": manifest.version,
+        "reused": result.reused,
+        "path": MetadataValue.path(result.uri),
+        "bytes": manifest.bytes,
+        "files": len(manifest.files),
+        "quarantined": manifest.quarantine.get("records", 0),
+        "quarantined_by_reason": MetadataValue.json(manifest.quarantine.get("by_reason", {})),
+        "quarantine_path": MetadataValue.path(manifest.quarantine.get("path", "")),
+        "timings": MetadataValue.json(manifest.timings),
+        "textmill_version": manifest.textmill_version,
+        "preview": MetadataValue.md(markdown_preview(store, result)),
+    }
+
+
+def check_result(outcome: CheckOutcome) -> AssetCheckResult:
+    severity = AssetCheckSeverity.ERROR if outcome.severity == "ERROR" else AssetCheckSeverity.WARN
+    metadata = {"description": outcome.description} | {
+        key: value if isinstance(value, (int, float, str, bool)) else MetadataValue.json(value)
+        for key, value in outcome.metadata.items()
+    }
+    return AssetCheckResult(check_name=outcome.name, passed=outcome.passed, severity=severity, metadata=metadata)

@@ -1,0 +1,116 @@
+"""The `textmill` command as a user runs it: demo through Dagster, inspect, and the web UI."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from textmill.storage import Store
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _textmill(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = os.environ | {"DAGSTER_HOME": str(cwd / "dagster"), "COLUMNS": "200"}
+    env.pop("TEXTMILL_RECIPE", None)
+    env.pop("TEXTMILL_ROOT", None)
+    return subprocess.run([str(BIN / "textmill"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("demo")
+    result = _textmill("demo", "--recipe", str(REPO / "recipes" / "default.yaml"), cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir
+
+
+@pytest.mark.slow
+def test_demo_materializes_raw_through_dagster(demo_dir):
+    store = Store(str(demo_dir / ".textmill" / "data"))
+    manifest = store.latest("raw", "CC-MAIN-SAMPLE")
+    assert manifest is not None
+    assert manifest.rows > 100
+    assert {"en", "ja", "zh"} <= set(manifest.statistics["languages"])
+    # the run went through Dagster and is recorded in the instance that `textmill ui` reads
+    runs = list((demo_dir / "dagster").glob("storage/*"))
+    assert runs, "no Dagster run storage under DAGSTER_HOME"
+    from dagster import AssetKey, DagsterInstance
+
+    os.environ["DAGSTER_HOME"] = str(demo_dir / "dagster")
+    try:
+        with DagsterInstance.get() as instance:
+            event = instance.get_latest_materialization_event(AssetKey("raw"))
+            assert event is not None
+            assert event.asset_materialization.partition == "CC-MAIN-SAMPLE"
+            assert event.asset_materialization.tags["dagster/data_version"] == manifest.version
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+@pytest.mark.slow
+def test_demo_twice_is_a_no_op(demo_dir):
+    store = Store(str(demo_dir / ".textmill" / "data"))
+    before = [m.version for m in store.versions("raw", "CC-MAIN-SAMPLE")]
+    result = _textmill("demo", "--recipe", str(REPO / "recipes" / "default.yaml"), cwd=demo_dir)
+    assert result.returncode == 0, result.stderr
+    assert [m.version for m in store.versions("raw", "CC-MAIN-SAMPLE")] == before
+    assert before[0] in result.stdout
+
+
+@pytest.mark.slow
+def test_inspect_filters_by_language_and_text(demo_dir):
+    result = _textmill("inspect", "--crawl", "CC-MAIN-SAMPLE", "--lang", "ja", "--limit", "2", cwd=demo_dir)
+    assert result.returncode == 0, result.stderr
+    assert "29 documents match; showing 2" in result.stdout
+    assert "uraharajuku" in result.stdout or ".jp" in result.stdout or "ja (" in result.stdout
+    found = _textmill("inspect", "--search", "Escopete", cwd=demo_dir)
+    assert "an.wikipedia.org/wiki/Escopete" in found.stdout
+    none = _textmill("inspect", "--search", "zz-no-such-text-zz", cwd=demo_dir)
+    assert "0 documents match" in none.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ui_serves_the_asset_graph(demo_dir):
+    port = _free_port()
+    env = os.environ | {"DAGSTER_HOME": str(demo_dir / "dagster")}
+    env.pop("TEXTMILL_RECIPE", None)
+    process = subprocess.Popen([str(BIN / "textmill"), "ui", "--port", str(port)], cwd=demo_dir, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                if time.time() > deadline or process.poll() is not None:
+                    output = process.stdout.read().decode() if process.poll() is not None else ""
+                    pytest.fail(f"webserver did not start: {output[-2000:]}")
+                time.sleep(1)
+        query = {"query": "{ assetNodes { assetKey { path } partitionKeysByDimension { partitionKeys } } }"}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps(query).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            data = json.loads(response.read())
+        nodes = data["data"]["assetNodes"]
+        assert [node["assetKey"]["path"] for node in nodes] == [["raw"]]
+        assert "CC-MAIN-SAMPLE" in nodes[0]["partitionKeysByDimension"][0]["partitionKeys"]
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)

@@ -1,0 +1,98 @@
+"""Dagster adapters: the definitions load, the sensor adds crawls, `raw` materializes with checks."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context, materialize
+
+from assets.definitions import ALL_ASSETS, defs
+from assets.raw import raw
+from assets.resources import TextmillResource
+from assets.sensors import landing_sensor
+from textmill.storage import Store
+
+SAMPLE = Path(__file__).resolve().parents[1] / "textmill" / "sample"
+
+
+def _land(root: Path, crawl: str, *names: str) -> None:
+    target = root / "landing" / crawl / "warc"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(SAMPLE / "warc" / name, target / name)
+
+
+def test_definitions_load():
+    graph = defs.resolve_asset_graph()
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {"raw"}
+    assert defs.resolve_sensor_def("landing_sensor") is not None
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job is not None
+    checks = {key.name for key in graph.asset_check_keys}
+    assert {"raw_schema", "raw_unique_ids", "raw_quarantine_rate"} <= checks
+    assert len(ALL_ASSETS) == 1
+
+
+def test_sensor_adds_new_crawls_and_requests_runs(tmp_path):
+    _land(tmp_path, "CC-A", "cc-main-2019-commoncrawl-org.warc.gz")
+    _land(tmp_path, "CC-B", "warcio-example.warc.gz")
+    instance = DagsterInstance.ephemeral()
+    resources = {"textmill": TextmillResource(root=str(tmp_path))}
+    result = landing_sensor(build_sensor_context(instance=instance, resources=resources))
+    assert isinstance(result, SensorResult)
+    assert sorted(r.partition_key for r in result.run_requests) == ["CC-A", "CC-B"]
+    added = [p for request in result.dynamic_partitions_requests for p in request.partition_keys]
+    assert sorted(added) == ["CC-A", "CC-B"]
+
+    instance.add_dynamic_partitions("crawls", added)
+    again = landing_sensor(build_sensor_context(instance=instance, resources=resources))
+    assert isinstance(again, SkipReason)
+
+    _land(tmp_path, "CC-C", "warcio-example.warc.gz")
+    third = landing_sensor(build_sensor_context(instance=instance, resources=resources))
+    assert [r.partition_key for r in third.run_requests] == ["CC-C"]
+
+
+def test_raw_materializes_in_process_with_metadata_and_checks(tmp_path):
+    _land(tmp_path, "CC-A", "cc-main-2020-34-sample.warc.gz", "clueweb09-ja-quirk.warc.gz")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("crawls", ["CC-A"])
+    resources = {"textmill": TextmillResource(root=str(tmp_path))}
+    result = materialize([raw], partition_key="CC-A", instance=instance, resources=resources)
+    assert result.success
+    materialization = result.asset_materializations_for_node("raw")[0]
+    meta = {k: v.value for k, v in materialization.metadata.items()}
+    assert meta["dagster/row_count"] == 16 + 29
+    assert meta["reused"] is False
+    assert set(meta["languages"]) >= {"zh", "ja"}
+    assert meta["extractor"] == "resiliparse"
+    assert "| id | url |" in meta["preview"]
+    version = meta["version"]
+    assert Path(meta["path"]).name == version
+    store = Store(str(tmp_path))
+    assert store.latest("raw", "CC-A").version == version
+
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert len(checks) == 6 and all(e.passed for e in checks.values())
+
+    record = instance.get_latest_materialization_event(materialization.asset_key)
+    assert record.asset_materialization.tags["dagster/data_version"] == version
+
+    # same inputs and config: the second materialization reuses the version
+    again = materialize([raw], partition_key="CC-A", instance=instance, resources=resources)
+    meta2 = {k: v.value for k, v in again.asset_materializations_for_node("raw")[0].metadata.items()}
+    assert meta2["version"] == version and meta2["reused"] is True
+
+
+def test_failed_blocking_check_fails_the_run(tmp_path):
+    _land(tmp_path, "CC-A", "warcio-example.warc.gz")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("raw:\n  checks:\n    min_documents: 1000\n")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("crawls", ["CC-A"])
+    resources = {"textmill": TextmillResource(root=str(tmp_path), recipe_path=str(recipe))}
+    result = materialize([raw], partition_key="CC-A", instance=instance, resources=resources, raise_on_error=False)
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert [e.check_name for e in failed] == ["raw_min_documents"]
+    assert failed[0].severity.value == "ERROR"
+    assert not result.success, "an ERROR from a blocking check must fail the step"

@@ -1,0 +1,233 @@
+"""The `textmill` command: demo, run, ui, inspect.
+
+`demo` and `run` materialize assets through Dagster (so every run has lineage and shows
+up in `textmill ui`); `inspect` reads dataset versions directly.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from textmill.config import RecipeError, resolve_recipe
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="textmill: raw web crawls to a language-model pre-training mix, orchestrated by Dagster.",
+)
+console = Console()
+
+SAMPLE_CRAWL = "CC-MAIN-SAMPLE"
+RecipeOption = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="recipe YAML (default: recipes/default.yaml)")]
+RootOption = Annotated[Optional[str], typer.Option("--root", help="storage root override: a folder or s3://bucket/prefix")]
+
+
+def _configure(recipe_path: Path | None, root: str | None):
+    """Validate the recipe before any work and export the settings the Dagster code location reads."""
+    try:
+        recipe = resolve_recipe(recipe_path)
+    except RecipeError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if recipe_path:
+        os.environ["TEXTMILL_RECIPE"] = str(Path(recipe_path).resolve())
+    if root:
+        recipe = recipe.with_root(root)
+        os.environ["TEXTMILL_ROOT"] = root
+    elif "://" not in recipe.storage.root:
+        # pin the root to an absolute folder so Dagster processes agree with this one
+        os.environ["TEXTMILL_ROOT"] = str(Path(recipe.storage.root).resolve())
+        recipe = recipe.with_root(os.environ["TEXTMILL_ROOT"])
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or ".textmill/dagster").resolve()
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_config = dagster_home / "dagster.yaml"
+    if not instance_config.exists():  # SQLite storage under DAGSTER_HOME; no telemetry leaves the machine
+        instance_config.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    return recipe
+
+
+class _ProgressHandler(logging.Handler):
+    """Renders the core's progress log records (extra={"progress": (stage, done, total)}) as bars."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__(logging.INFO)
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        info = getattr(record, "progress", None)
+        if not info:
+            return
+        stage, done, total = info
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+def install_sample(store, crawl: str = SAMPLE_CRAWL) -> int:
+    """Copy the bundled real crawl sample into landing/{crawl}/ (once); returns files copied."""
+    sample = importlib.resources.files("textmill") / "sample"
+    copied = 0
+    for folder in ("warc", "jsonl"):
+        for item in (sample / folder).iterdir():
+            target = store.path("landing", crawl, folder, item.name)
+            if not store.exists(target):
+                store.write_bytes(target, item.read_bytes())
+                copied += 1
+    return copied
+
+
+def _materialize(crawl: str, recipe) -> None:
+    from dagster import DagsterInstance, materialize
+
+    from assets.definitions import ALL_ASSETS
+    from assets.partitions import crawls_partitions
+    from assets.resources import resource_from_env
+
+    instance = DagsterInstance.get()
+    if crawl not in instance.get_dynamic_partitions(crawls_partitions.name):
+        instance.add_dynamic_partitions(crawls_partitions.name, [crawl])
+    core_logger = logging.getLogger("textmill")
+    core_logger.setLevel(logging.INFO)
+    with Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        handler = _ProgressHandler(progress)
+        core_logger.addHandler(handler)
+        try:
+            result = materialize(ALL_ASSETS, partition_key=crawl, instance=instance,
+                                 resources={"textmill": resource_from_env()}, raise_on_error=False,
+                                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+        finally:
+            core_logger.removeHandler(handler)
+    _summary(result, crawl, recipe)
+    if not result.success:
+        console.print("[red]materialization failed[/red]; see the run in `textmill ui`")
+        raise typer.Exit(1)
+
+
+def _summary(result, crawl: str, recipe) -> None:
+    table = Table(title=f"textmill: crawl {crawl}")
+    for column in ("asset", "version", "documents", "quarantined", "checks", "path"):
+        table.add_column(column, overflow="fold")
+    checks: dict[str, list] = {}
+    for evaluation in result.get_asset_check_evaluations():
+        checks.setdefault(evaluation.asset_key.to_user_string(), []).append(evaluation)
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        key = materialization.asset_key.to_user_string()
+        meta = {k: v.value for k, v in materialization.metadata.items()}
+        evaluations = checks.get(key, [])
+        passed = sum(1 for e in evaluations if e.passed)
+        failed = [e.check_name for e in evaluations if not e.passed]
+        verdict = f"{passed}/{len(evaluations)} passed" + (f" [red](failed: {', '.join(failed)})[/red]" if failed else "")
+        table.add_row(key, str(meta.get("version")), str(meta.get("dagster/row_count")), str(meta.get("quarantined")),
+                      verdict, str(meta.get("path")))
+    console.print(table)
+    console.print(f"Dagster runs are recorded under [bold]{os.environ['DAGSTER_HOME']}[/bold]; "
+                  "look at them with [bold]textmill ui[/bold].")
+    console.print(f"Inspect documents with [bold]textmill inspect --crawl {crawl}[/bold].")
+
+
+@app.command()
+def demo(recipe: RecipeOption = None, root: RootOption = None, crawl: str = SAMPLE_CRAWL) -> None:
+    """Materialize every asset for the bundled real crawl sample through Dagster."""
+    from textmill.storage import Store
+
+    settings = _configure(recipe, root)
+    store = Store(settings.storage.root, storage_options=settings.storage.storage_options)
+    copied = install_sample(store, crawl)
+    console.print(f"sample crawl [bold]{crawl}[/bold] in {store.uri(store.landing_dir(crawl))} "
+                  f"({copied} files copied)")
+    _materialize(crawl, settings)
+
+
+@app.command()
+def run(crawl: Annotated[str, typer.Argument(help="crawl folder under landing/")], recipe: RecipeOption = None,
+        root: RootOption = None) -> None:
+    """Materialize every asset of one crawl partition through Dagster."""
+    from textmill import stages
+    from textmill.storage import Store
+
+    settings = _configure(recipe, root)
+    store = Store(settings.storage.root, storage_options=settings.storage.storage_options)
+    if crawl not in stages.crawls(store):
+        console.print(f"[red]error:[/red] no folder {store.uri(store.landing_dir(crawl))}")
+        raise typer.Exit(2)
+    _materialize(crawl, settings)
+
+
+@app.command()
+def ui(recipe: RecipeOption = None, root: RootOption = None, port: int = 3000,
+       host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1") -> None:
+    """Start the Dagster web UI on this machine over textmill's definitions."""
+    _configure(recipe, root)
+    webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or "dagster-webserver"
+    command = [webserver, "-h", host, "-p", str(port), "-m", "assets.definitions"]
+    console.print(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+def inspect(
+    crawl: Annotated[Optional[str], typer.Option(help="crawl partition (default: all)")] = None,
+    stage: str = "raw",
+    version: Annotated[Optional[str], typer.Option(help="version (default: the latest)")] = None,
+    lang: Annotated[Optional[str], typer.Option(help="only this language code")] = None,
+    search: Annotated[Optional[str], typer.Option("--search", "-s", help="only documents whose text contains this")] = None,
+    limit: int = 5,
+    chars: Annotated[int, typer.Option(help="characters of text to show")] = 300,
+    recipe: RecipeOption = None,
+    root: RootOption = None,
+) -> None:
+    """Show documents of a dataset version, filtered by crawl, language and text."""
+    import polars as pl
+
+    from textmill.storage import Store
+
+    settings = _configure(recipe, root)
+    store = Store(settings.storage.root, storage_options=settings.storage.storage_options)
+    partitions = [crawl] if crawl else store.partitions(stage)
+    manifests = []
+    for partition in partitions:
+        manifest = store.manifest(stage, partition, version) if version else store.latest(stage, partition)
+        if manifest is not None:
+            manifests.append(manifest)
+    if not manifests:
+        console.print(f"[red]no {stage} version found[/red] under {store.uri(store.path('datasets', stage))}")
+        raise typer.Exit(1)
+    frame = pl.concat([store.scan(m) for m in manifests], how="diagonal_relaxed")
+    if lang:
+        frame = frame.filter(pl.col("lang") == lang)
+    if search:
+        frame = frame.filter(pl.col("text").str.contains(search, literal=True))
+    total = frame.select(pl.len()).collect().item()
+    shown = frame.head(limit).collect()
+    for manifest in manifests:
+        console.print(f"{stage}/{manifest.partition} version [bold]{manifest.version}[/bold]: {manifest.rows} documents")
+    console.print(f"{total} documents match; showing {shown.height}")
+    for row in shown.iter_rows(named=True):
+        console.rule(f"{row['id'][:16]}  {row['lang']} ({row['lang_score']:.2f})  {row['n_chars']} chars")
+        console.print(f"[dim]{row['url']}[/dim]")
+        text = row["text"]
+        console.print(text[:chars] + ("…" if len(text) > chars else ""), markup=False, highlight=False)
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

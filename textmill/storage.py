@@ -172,10 +172,13 @@ class Store:
         return self.fs.cat_file(path)
 
     def exists(self, path: str) -> bool:
+        # s3fs answers from listings this process cached earlier, which miss what other
+        # processes wrote since (a new landing crawl, an unfinished version): look again
+        self.fs.invalidate_cache(path)
         return self.fs.exists(path)
 
     def remove_tree(self, path: str) -> None:
-        if self.fs.exists(path):
+        if self.exists(path):
             self.fs.rm(path, recursive=True)
 
     def listdir(self, path: str) -> list[str]:

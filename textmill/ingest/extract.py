@@ -28,6 +28,13 @@ def _try_decode(data: bytes, charset: str | None) -> str | None:
         name = codecs.lookup(charset).name
     except LookupError:
         return None
+    if name == "iso8859-1":
+        # browsers (WHATWG Encoding) read a latin-1 label as windows-1252: 0x80-0x9F are
+        # curly quotes and dashes, not C1 control characters
+        try:
+            return data.decode("cp1252")
+        except UnicodeDecodeError:
+            pass  # one of cp1252's five unassigned bytes: plain latin-1 below
     try:
         return data.decode(name)
     except UnicodeDecodeError:

@@ -262,21 +262,29 @@ def read_warc(
     After corrupt bytes the reader resynchronises on the next record (gzip member or
     `WARC/x.y` line), so one bad record does not cost the rest of the file.
     """
-    gz = name.lower().endswith(".gz")
+    gz = handle.read(2) == b"\x1f\x8b"  # the bytes, not the name: fastwarc sniffs too
+    handle.seek(0)
     last_offset = 0  # start of the last record the iterator yielded (absolute: fastwarc counts from 0)
     resume = 0  # where the current ArchiveIterator started
     truncated_at = -1
+    corrupt: tuple[int, str] | None = None  # (last good record, error) of a bad stretch not yet reported
+    reported_at = -1  # a record already quarantined as corrupt: bytes right after it are the same fault
     wanted = WarcRecordType.response | WarcRecordType.conversion | WarcRecordType.resource
     while True:
         try:
             if resume:
                 handle.seek(resume)
             for rec in ArchiveIterator(handle, parse_http=False, min_content_length=None):
+                if corrupt is not None and corrupt[0] != reported_at:  # one report per bad stretch
+                    yield Rejected(CORRUPT_WARC, f"{corrupt[1]} (resumed at offset {rec.stream_pos})", source,
+                                   corrupt[0])
+                corrupt = None
                 last_offset = rec.stream_pos
                 rtype = rec.record_type
                 if not (rtype & wanted):
                     if not rec.headers.get("WARC-Type"):
                         # fastwarc accepts a header block without WARC-Type (mandatory): a broken record
+                        reported_at = rec.stream_pos
                         yield Rejected(CORRUPT_WARC, "record without a WARC-Type header", source, rec.stream_pos,
                                        rec.record_id or "", "", rec.reader.read(QUARANTINE_PAYLOAD_CAP))
                         continue
@@ -325,6 +333,7 @@ def read_warc(
                 parsed = _split_http(raw)
                 if parsed is None:
                     if raw.startswith(b"HTTP/") or not raw.strip():
+                        reported_at = rec.stream_pos
                         yield Rejected(CORRUPT_WARC, "response record without a complete HTTP header block",
                                        source, rec.stream_pos, record_id, url, raw)
                     else:
@@ -369,13 +378,17 @@ def read_warc(
             except Exception as scan_exc:  # noqa: BLE001
                 log.debug("resync failed in %s: %s", name, scan_exc)
                 found = None
-            where = "rest of file not read" if found is None else f"resumed at offset {found}"
-            yield Rejected(CORRUPT_WARC, f"{type(exc).__name__}: {exc} ({where})", source, last_offset)
+            if corrupt is None:
+                corrupt = (last_offset, f"{type(exc).__name__}: {exc}")
             if found is None:
-                return
+                break
             resume = last_offset = found
             continue
         break
+    if corrupt is not None:
+        if corrupt[0] != reported_at:
+            yield Rejected(CORRUPT_WARC, f"{corrupt[1]} (rest of file not read)", source, corrupt[0])
+        return
     tail = max(last_offset, resume)
     if gz:
         try:

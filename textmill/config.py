@@ -61,6 +61,58 @@ class RawConfig(_Strict):
     checks: RawChecks = Field(default_factory=RawChecks)
 
 
+class MinHashConfig(_Strict):
+    """Near-duplicate detection: word n-gram shingles, MinHash signatures, LSH bands."""
+
+    ngram: int = Field(default=5, ge=1, le=32, description="words per shingle")
+    bands: int | None = Field(default=None, ge=1, description="LSH bands (default 14, as FineWeb)")
+    rows: int | None = Field(default=None, ge=1, description="signature rows per band (default 8)")
+    threshold: float | None = Field(default=None, gt=0.0, lt=1.0,
+                                    description="Jaccard threshold from which bands and rows are derived")
+    permutations: int = Field(default=112, ge=1, le=1024, description="signature length when deriving from threshold")
+    seed: int = Field(default=1, description="seed of the hash permutations")
+    verify_jaccard: float | None = Field(default=None, gt=0.0, le=1.0,
+                                         description="drop candidate pairs whose exact shingle Jaccard is below this")
+    buckets: int | None = Field(default=None, ge=1, le=4096, description="band-key buckets (default: by crawl size)")
+
+    @model_validator(mode="after")
+    def _one_way_to_choose_bands(self) -> "MinHashConfig":
+        if self.threshold is not None and (self.bands is not None or self.rows is not None):
+            raise ValueError("give either threshold or bands and rows, not both")
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("bands and rows go together")
+        if self.buckets is not None and self.buckets & (self.buckets - 1):
+            raise ValueError(f"buckets must be a power of two, got {self.buckets}")
+        return self
+
+    def bands_rows(self) -> tuple[int, int]:
+        if self.threshold is not None:
+            from textmill.dedup.minhash import bands_rows_for_threshold
+
+            return bands_rows_for_threshold(self.threshold, permutations=self.permutations)
+        return (self.bands or 14), (self.rows or 8)
+
+
+class DedupChecks(_Strict):
+    """Blocking bounds on the share of documents removed."""
+
+    min_dedup_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_dedup_rate: float = Field(default=0.9, ge=0.0, le=1.0)
+
+
+class DedupConfig(_Strict):
+    """Exact, URL and near-duplicate removal, within a crawl and against earlier crawls."""
+
+    url: bool = Field(default=True, description="keep only the newest fetch of each normalized URL")
+    exact: bool = Field(default=True, description="remove documents whose normalized text is identical")
+    case_fold: bool = Field(default=False, description="exact dedup ignores case")
+    near: bool = Field(default=True, description="MinHash-LSH near-duplicate removal")
+    cross_crawl: bool = Field(default=True, description="also remove what earlier crawls already kept")
+    scope: Literal["global", "source"] = Field(default="global", description="duplicates across sources or within one")
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig)
+    checks: DedupChecks = Field(default_factory=DedupChecks)
+
+
 class Recipe(_Strict):
     """A whole pipeline's configuration."""
 
@@ -68,6 +120,7 @@ class Recipe(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     raw: RawConfig = Field(default_factory=RawConfig)
+    deduped: DedupConfig = Field(default_factory=DedupConfig)
 
     @model_validator(mode="after")
     def _patterns_not_empty(self) -> "Recipe":

@@ -8,14 +8,18 @@ a finished version does nothing.
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
+import math
 import posixpath
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
-from textmill.config import RawConfig
+import polars as pl
+
+from textmill.config import DedupConfig, RawConfig
 from textmill.executor import Executor
 from textmill.ingest.readers import detect_format
 from textmill.ingest.shard import IngestTask, ShardResult, ingest_shard
@@ -24,7 +28,7 @@ from textmill.storage import Manifest, Store, content_version, file_fingerprint
 log = logging.getLogger(__name__)
 
 # Bump a stage's code version when its output for the same inputs and config changes.
-CODE_VERSIONS = {"raw": "1"}
+CODE_VERSIONS = {"raw": "1", "deduped": "1"}
 
 Progress = Callable[[int, int], None]
 
@@ -158,4 +162,178 @@ def raw(
         timings=timings,
         quarantine=quarantine,
     )
+    return StageResult(manifest, False, store.uri(writer.folder))
+
+
+def _bucket_bits(config: DedupConfig, *, documents: int, bands: int, workers: int) -> int:
+    """Bits of the band-key bucket: enough buckets for every worker, ~4M band rows per bucket."""
+    if config.minhash.buckets:
+        return config.minhash.buckets.bit_length() - 1
+    rows = max(1, documents * bands)
+    return min(12, max(math.ceil(math.log2(max(1, workers))), math.ceil(math.log2(rows / 4_000_000)), 0))
+
+
+def dedup_scope_key(config: DedupConfig) -> str:
+    """Identity of the cross-crawl index: only versions with the same hashing share one."""
+    bands, rows = config.minhash.bands_rows()
+    return content_version(stage="dedup-index", code_version=CODE_VERSIONS["deduped"], inputs=[], config={
+        "ngram": config.minhash.ngram, "bands": bands, "rows": rows, "seed": config.minhash.seed,
+        "scope": config.scope, "case_fold": config.case_fold,
+    })
+
+
+def deduped(
+    *,
+    store: Store,
+    crawl: str,
+    raw_version: str,
+    config: DedupConfig,
+    executor: Executor,
+    progress: Progress | None = None,
+) -> StageResult:
+    """Remove URL, exact and near duplicates of a raw version, also against earlier crawls' kept documents."""
+    from textmill.dedup import index as dedup_index
+    from textmill.dedup import pipeline
+
+    raw_manifest = store.manifest("raw", crawl, raw_version)
+    if raw_manifest is None:
+        raise FileNotFoundError(f"raw version {crawl}/{raw_version} does not exist (or is unfinished)")
+    bands, rows = config.minhash.bands_rows()
+    scope_key = dedup_scope_key(config)
+    entries = dedup_index.earlier_entries(store, scope_key, crawl) if config.cross_crawl else []
+    inputs = [{"kind": "version", "stage": "raw", "partition": crawl, "version": raw_version}]
+    inputs += [entry.as_input() for entry in entries]
+    config_json = config.model_dump(mode="json", exclude={"checks"})
+    version = content_version(stage="deduped", code_version=CODE_VERSIONS["deduped"], config=config_json,
+                              inputs=inputs)
+    existing = store.manifest("deduped", crawl, version)
+    if existing is not None:
+        log.info("deduped/%s/%s exists; nothing to do", crawl, version)
+        return StageResult(existing, True, store.uri(store.version_dir("deduped", crawl, version)))
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    writer = store.begin("deduped", crawl, version)
+    work_dir = store.path("tmp", "deduped", crawl, version)
+    index_dir = dedup_index.entry_dir(store, scope_key, crawl, version)
+    store.remove_tree(work_dir)
+    store.remove_tree(index_dir)
+    plan = pipeline.Plan(
+        store=store, crawl=crawl, config=config, work_dir=work_dir, version_dir=writer.folder, bands=bands, rows=rows,
+        bucket_bits=_bucket_bits(config, documents=raw_manifest.rows, bands=bands, workers=executor.workers),
+        index_entries=tuple(entries), index_dir=index_dir,
+    )
+    parts = store.part_uris(raw_manifest)
+    steps = 2 * len(parts) + 2 * (1 << plan.bucket_bits) + 2
+    done = 0
+
+    def tick(step: str) -> None:
+        nonlocal done
+        done += 1
+        log.info("deduped %s: %s (%d/%d)", crawl, step, done, steps, extra={"progress": ("deduped", done, steps)})
+        if progress:
+            progress(done, steps)
+
+    def timed(name: str, began: float) -> None:
+        timings[f"{name}_seconds"] = round(time.perf_counter() - began, 4)
+
+    began = time.perf_counter()
+    signed = []
+    for result in executor.map(pipeline.sign_part, [pipeline.PartTask(plan, i, uri) for i, uri in enumerate(parts)]):
+        signed.append(result)
+        tick("signatures")
+    timed("sign", began)
+
+    began = time.perf_counter()
+    resolved = pipeline.resolve_exact_and_url(plan, len(parts))
+    store.write_parquet(resolved.filter(pl.col("kind").is_null()).select("doc_key"), plan.survivors_path)
+    tick("exact and URL duplicates")
+    timed("resolve", began)
+
+    began = time.perf_counter()
+    buckets = [pipeline.BucketTask(plan, b) for b in range(1 << plan.bucket_bits)]
+    edge_frames = []
+    if config.near:
+        for edges in executor.map(pipeline.bucket_edges, buckets):
+            edge_frames.append(edges)
+            tick("band buckets")
+    else:
+        done += len(buckets)
+    edges = pl.concat(edge_frames).unique() if edge_frames else pl.DataFrame(
+        schema={"doc_key": pl.UInt64, "other": pl.UInt64})
+    timed("edges", began)
+
+    began = time.perf_counter()
+    texts = None
+    if config.minhash.verify_jaccard and edges.height:
+        wanted = pl.concat([edges["doc_key"], edges["other"]]).unique()
+        texts = store.scan(raw_manifest).select(pipeline.doc_key(), "text").filter(
+            pl.col("doc_key").is_in(wanted.implode())).collect()
+    table = pipeline.finalize(plan, pipeline.cluster(plan, resolved, edges, texts))
+    store.write_parquet(
+        table.select("doc_key", "id", "text_hash", "part", "row", "kind", "dup_cluster", "dup_cluster_size"),
+        plan.decisions_path,
+    )
+    tick("clusters")
+    timed("cluster", began)
+
+    began = time.perf_counter()
+    kept_parts, removed_parts, kept_rows = [], [], 0
+    write_tasks = [pipeline.WriteTask(plan, i, uri) for i, uri in enumerate(parts)]
+    for kept, removed, rows_written in executor.map(pipeline.write_part, write_tasks):
+        kept_parts += [kept] if kept else []
+        removed_parts += [removed] if removed else []
+        kept_rows += rows_written
+        tick("write")
+    if not kept_parts:  # keep the schema readable even when nothing survives
+        empty = store.scan(raw_manifest).head(0).collect().with_columns(
+            pl.lit(None, dtype=pl.String).alias("dup_cluster"), pl.lit(None, dtype=pl.Int64).alias("dup_cluster_size"))
+        kept_parts.append(store.write_parquet(empty, posixpath.join(writer.folder, "part-00000.parquet")))
+    timed("write", began)
+
+    began = time.perf_counter()
+    for _ in executor.map(pipeline.write_index_bucket, buckets):
+        tick("index")
+    kept_table = table.filter(pl.col("kind").is_null())
+    store.write_parquet(kept_table.select("text_hash", "doc_key", "id").sort("text_hash", "doc_key"),
+                        posixpath.join(index_dir, "exact.parquet"))
+    store.write_bytes(posixpath.join(index_dir, dedup_index.COMPLETE),
+                      json.dumps({"bucket_bits": plan.bucket_bits, "documents": kept_table.height}).encode())
+    timed("index", began)
+
+    removed_by_kind = {kind: 0 for kind in pipeline.KINDS} | dict(
+        table.filter(pl.col("kind").is_not_null()).group_by("kind").len().iter_rows())
+    sizes = kept_table["dup_cluster_size"]
+    histogram = {label: int(((sizes >= low) & (sizes <= high)).sum())
+                 for label, low, high in (("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6-10", 6, 10),
+                                          ("11-100", 11, 100), (">100", 101, 1 << 62))}
+    largest = kept_table.filter(pl.col("dup_cluster_size") > 1).sort(
+        ["dup_cluster_size", "id"], descending=[True, False]).head(5).select("id", "dup_cluster_size")
+    wall = time.perf_counter() - started
+    statistics = {
+        "documents_in": raw_manifest.rows,
+        "documents": kept_rows,
+        "removed": raw_manifest.rows - kept_rows,
+        "dedup_rate": round((raw_manifest.rows - kept_rows) / raw_manifest.rows, 6) if raw_manifest.rows else 0.0,
+        "removed_by_kind": removed_by_kind,
+        "cluster_size_histogram": histogram,
+        "largest_clusters": largest.to_dicts(),
+        "bands": bands,
+        "rows": rows,
+        "bucket_bits": plan.bucket_bits,
+        "candidate_pairs": edges.height,
+        "earlier_crawls": [entry.crawl for entry in entries],
+        "index": store.uri(index_dir),
+    }
+    timings |= {
+        "wall_seconds": round(wall, 4),
+        "documents_per_second": round(raw_manifest.rows / wall, 2) if wall else 0.0,
+        "workers": executor.workers,
+    }
+    manifest = writer.commit(
+        code_version=CODE_VERSIONS["deduped"], files=kept_parts, inputs=inputs, config=config_json,
+        statistics=statistics, timings=timings, quarantine={"records": 0, "by_reason": {}},
+        extra_files={"removed": removed_parts},
+    )
+    store.remove_tree(work_dir)
     return StageResult(manifest, False, store.uri(writer.folder))

@@ -74,6 +74,7 @@ class Manifest:
     statistics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     quarantine: dict[str, Any] = field(default_factory=dict)
+    extra_files: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # side tables, e.g. removed rows
     textmill_version: str = __version__
     created_at: str = ""
 
@@ -235,6 +236,11 @@ class Store:
             from textmill.schema import DOCUMENT_SCHEMA
 
             return pl.LazyFrame(schema=DOCUMENT_SCHEMA)
+        return self.scan_files(uris)
+
+    def scan_files(self, paths: list[str]) -> pl.LazyFrame:
+        """A lazy frame over Parquet files given as store paths or URIs."""
+        uris = [path if "://" in path or self.is_local else self.uri(path) for path in paths]
         if self.is_local:
             return pl.scan_parquet(uris)
         options = _s3_to_object_store(self.storage_options) if self.protocol in ("s3", "s3a") else None
@@ -276,6 +282,7 @@ class VersionWriter:
         statistics: dict[str, Any],
         timings: dict[str, float],
         quarantine: dict[str, Any],
+        extra_files: dict[str, list[PartInfo]] | None = None,
     ) -> Manifest:
         """Write `_manifest.json`: from this moment readers see the version."""
         manifest = Manifest(
@@ -289,6 +296,7 @@ class VersionWriter:
             statistics=statistics,
             timings=timings,
             quarantine=quarantine,
+            extra_files={name: [p.as_dict() for p in parts] for name, parts in (extra_files or {}).items()},
             created_at=datetime.now(timezone.utc).isoformat(),
         )
         self.store.write_bytes(posixpath.join(self.folder, MANIFEST), manifest.to_json().encode())

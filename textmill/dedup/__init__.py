@@ -1,0 +1,1 @@
+"""Deduplication: exact text, URL and MinHash-LSH near duplicates, within and across crawls."""

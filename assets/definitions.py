@@ -2,12 +2,13 @@
 
 from dagster import Definitions
 
+from assets.deduped import deduped
 from assets.raw import raw
 from assets.resources import resource_from_env
 from assets.sensors import landing_sensor
 
 # every asset in lineage order; `textmill demo` materializes all of them for a crawl
-ALL_ASSETS = [raw]
+ALL_ASSETS = [raw, deduped]
 
 defs = Definitions(
     assets=ALL_ASSETS,

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, TableColumn, TableSchema
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+)
 
 from checks.base import CheckOutcome
 from textmill.stages import StageResult
@@ -51,3 +60,13 @@ def check_result(outcome: CheckOutcome) -> AssetCheckResult:
         for key, value in outcome.metadata.items()
     }
     return AssetCheckResult(check_name=outcome.name, passed=outcome.passed, severity=severity, metadata=metadata)
+
+
+def upstream_version(context: AssetExecutionContext, asset: str) -> str:
+    """The dataset version the upstream asset last materialized for this partition (lineage from Dagster)."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[context.partition_key]), limit=1
+    ).records
+    if not records:
+        raise RuntimeError(f"{asset} has no materialization for partition {context.partition_key}; materialize it first")
+    return str(records[0].asset_materialization.metadata["version"].value)

@@ -1,5 +1,6 @@
 """The `raw` asset: one crawl's landing files become its raw dataset version."""
 
+from contextlib import closing
 
 from dagster import AssetCheckSpec, AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
@@ -22,13 +23,14 @@ def raw(context: AssetExecutionContext, textmill: TextmillResource) -> Materiali
     recipe = textmill.recipe()
     store = textmill.store()
     crawl = context.partition_key
-    result = stages.raw(
-        store=store,
-        crawl=crawl,
-        config=recipe.raw,
-        executor=textmill.executor(),
-        progress=lambda done, total: context.log.info(f"raw {crawl}: {done}/{total} files ingested"),
-    )
+    with closing(textmill.executor()) as executor:
+        result = stages.raw(
+            store=store,
+            crawl=crawl,
+            config=recipe.raw,
+            executor=executor,
+            progress=lambda done, total: context.log.info(f"raw {crawl}: {done}/{total} files ingested"),
+        )
     if result.reused:
         context.log.info(f"raw {crawl}: version {result.version} already exists; reused")
     outcomes = run_raw_checks(store.scan(result.manifest), result.manifest, recipe.raw.checks)

@@ -57,13 +57,27 @@ def test_demo_materializes_raw_through_dagster(demo_dir):
 
 
 @pytest.mark.slow
+def test_demo_materializes_deduped_from_the_raw_version(demo_dir):
+    store = Store(str(demo_dir / ".textmill" / "data"))
+    raw = store.latest("raw", "CC-MAIN-SAMPLE")
+    deduped = store.latest("deduped", "CC-MAIN-SAMPLE")
+    assert deduped.inputs[0] == {"kind": "version", "stage": "raw", "partition": "CC-MAIN-SAMPLE",
+                                 "version": raw.version}
+    stats = deduped.statistics
+    assert stats["documents_in"] == raw.rows
+    assert stats["documents"] + stats["removed"] == raw.rows
+    assert stats["removed_by_kind"]["near"] > 0 and stats["removed_by_kind"]["url"] > 0
+
+
+@pytest.mark.slow
 def test_demo_twice_is_a_no_op(demo_dir):
     store = Store(str(demo_dir / ".textmill" / "data"))
-    before = [m.version for m in store.versions("raw", "CC-MAIN-SAMPLE")]
+    before = {stage: [m.version for m in store.versions(stage, "CC-MAIN-SAMPLE")] for stage in ("raw", "deduped")}
     result = _textmill("demo", "--recipe", str(REPO / "recipes" / "default.yaml"), cwd=demo_dir)
     assert result.returncode == 0, result.stderr
-    assert [m.version for m in store.versions("raw", "CC-MAIN-SAMPLE")] == before
-    assert before[0] in result.stdout
+    after = {stage: [m.version for m in store.versions(stage, "CC-MAIN-SAMPLE")] for stage in ("raw", "deduped")}
+    assert after == before and all(len(v) == 1 for v in after.values())
+    assert before["raw"][0] in result.stdout and before["deduped"][0] in result.stdout
 
 
 @pytest.mark.slow
@@ -109,8 +123,8 @@ def test_ui_serves_the_asset_graph(demo_dir):
         with urllib.request.urlopen(request, timeout=30) as response:
             data = json.loads(response.read())
         nodes = data["data"]["assetNodes"]
-        assert [node["assetKey"]["path"] for node in nodes] == [["raw"]]
-        assert "CC-MAIN-SAMPLE" in nodes[0]["partitionKeysByDimension"][0]["partitionKeys"]
+        assert sorted(node["assetKey"]["path"] for node in nodes) == [["deduped"], ["raw"]]
+        assert all("CC-MAIN-SAMPLE" in node["partitionKeysByDimension"][0]["partitionKeys"] for node in nodes)
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)

@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context, materialize
+from dagster import AssetKey, DagsterInstance, SensorResult, SkipReason, build_sensor_context, materialize
 
 from assets.definitions import ALL_ASSETS, defs
 from assets.raw import raw
@@ -24,13 +24,15 @@ def _land(root: Path, crawl: str, *names: str) -> None:
 
 def test_definitions_load():
     graph = defs.resolve_asset_graph()
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {"raw"}
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {"raw", "deduped"}
+    assert graph.get(AssetKey("deduped")).parent_keys == {AssetKey("raw")}
     assert defs.resolve_sensor_def("landing_sensor") is not None
     job = defs.resolve_implicit_global_asset_job_def()
     assert job is not None
     checks = {key.name for key in graph.asset_check_keys}
-    assert {"raw_schema", "raw_unique_ids", "raw_quarantine_rate"} <= checks
-    assert len(ALL_ASSETS) == 1
+    assert {"raw_schema", "raw_unique_ids", "raw_quarantine_rate", "deduped_no_exact_duplicates",
+            "deduped_rate_within_bounds"} <= checks
+    assert len(ALL_ASSETS) == 2
 
 
 def test_sensor_adds_new_crawls_and_requests_runs(tmp_path):
@@ -96,3 +98,36 @@ def test_failed_blocking_check_fails_the_run(tmp_path):
     assert [e.check_name for e in failed] == ["raw_min_documents"]
     assert failed[0].severity.value == "ERROR"
     assert not result.success, "an ERROR from a blocking check must fail the step"
+
+
+def test_deduped_materializes_from_the_recorded_raw_version(tmp_path):
+    _land(tmp_path, "CC-A", "clueweb09-ja-quirk.warc.gz", "dolma-wget-2024-sample-0000.warc.gz")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("crawls", ["CC-A"])
+    resources = {"textmill": TextmillResource(root=str(tmp_path))}
+    result = materialize(ALL_ASSETS, partition_key="CC-A", instance=instance, resources=resources)
+    assert result.success
+    raw_meta = {k: v.value for k, v in result.asset_materializations_for_node("raw")[0].metadata.items()}
+    meta = {k: v.value for k, v in result.asset_materializations_for_node("deduped")[0].metadata.items()}
+    assert meta["documents_in"] == raw_meta["dagster/row_count"]
+    assert meta["removed_by_kind"]["near"] >= 10  # the ClueWeb shop's template pages
+    assert "| kept id | url | size | text |" in meta["largest_clusters"]
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert {name for name in checks if name.startswith("deduped_")} == {
+        "deduped_schema", "deduped_unique_ids", "deduped_no_exact_duplicates", "deduped_rate_within_bounds"}
+    assert all(checks.values())
+    store = Store(str(tmp_path))
+    assert store.latest("deduped", "CC-A").inputs[0]["version"] == raw_meta["version"]
+
+
+def test_deduped_without_raw_materialization_fails_clearly(tmp_path):
+    _land(tmp_path, "CC-A", "warcio-example.warc.gz")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("crawls", ["CC-A"])
+    from assets.deduped import deduped
+
+    result = materialize([deduped], partition_key="CC-A", instance=instance,
+                         resources={"textmill": TextmillResource(root=str(tmp_path))}, raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "raw has no materialization for partition CC-A" in str(failure)

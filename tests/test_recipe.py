@@ -14,6 +14,7 @@ def test_default_recipe_file_loads_and_matches_builtin_defaults():
     assert recipe.raw.extractor in ("resiliparse", "trafilatura")
     assert recipe.raw == Recipe().raw
     assert recipe.execution == Recipe().execution
+    assert recipe.deduped == Recipe().deduped
 
 
 def test_unknown_field_is_named_with_the_file(tmp_path):

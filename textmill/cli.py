@@ -120,11 +120,12 @@ def _materialize(crawl: str, recipe) -> None:
 
 def _summary(result, crawl: str, recipe) -> None:
     table = Table(title=f"textmill: crawl {crawl}")
-    for column in ("asset", "version", "documents", "quarantined", "checks", "path"):
+    for column in ("asset", "version", "documents", "set aside", "checks"):
         table.add_column(column, overflow="fold")
     checks: dict[str, list] = {}
     for evaluation in result.get_asset_check_evaluations():
         checks.setdefault(evaluation.asset_key.to_user_string(), []).append(evaluation)
+    paths = []
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         key = materialization.asset_key.to_user_string()
@@ -133,12 +134,16 @@ def _summary(result, crawl: str, recipe) -> None:
         passed = sum(1 for e in evaluations if e.passed)
         failed = [e.check_name for e in evaluations if not e.passed]
         verdict = f"{passed}/{len(evaluations)} passed" + (f" [red](failed: {', '.join(failed)})[/red]" if failed else "")
-        table.add_row(key, str(meta.get("version")), str(meta.get("dagster/row_count")), str(meta.get("quarantined")),
-                      verdict, str(meta.get("path")))
+        set_aside = (f"{meta['quarantined']} quarantined" if key == "raw"
+                     else f"{meta.get('documents_in', 0) - meta.get('dagster/row_count', 0)} removed")
+        table.add_row(key, str(meta.get("version")), str(meta.get("dagster/row_count")), set_aside, verdict)
+        paths.append((key, meta.get("path")))
     console.print(table)
+    for key, path in paths:
+        console.print(f"  {key:>9}: {path}", soft_wrap=True)
     console.print(f"Dagster runs are recorded under [bold]{os.environ['DAGSTER_HOME']}[/bold]; "
                   "look at them with [bold]textmill ui[/bold].")
-    console.print(f"Inspect documents with [bold]textmill inspect --crawl {crawl}[/bold].")
+    console.print(f"Inspect documents with [bold]textmill inspect --crawl {crawl} --stage deduped[/bold].")
 
 
 @app.command()

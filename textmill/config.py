@@ -65,8 +65,8 @@ class MinHashConfig(_Strict):
     """Near-duplicate detection: word n-gram shingles, MinHash signatures, LSH bands."""
 
     ngram: int = Field(default=5, ge=1, le=32, description="words per shingle")
-    bands: int | None = Field(default=None, ge=1, description="LSH bands (default 14, as FineWeb)")
-    rows: int | None = Field(default=None, ge=1, description="signature rows per band (default 8)")
+    bands: int = Field(default=14, ge=1, description="LSH bands (14 × 8, as FineWeb)")
+    rows: int = Field(default=8, ge=1, description="signature rows per band")
     threshold: float | None = Field(default=None, gt=0.0, lt=1.0,
                                     description="Jaccard threshold from which bands and rows are derived")
     permutations: int = Field(default=112, ge=1, le=1024, description="signature length when deriving from threshold")
@@ -77,10 +77,8 @@ class MinHashConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_way_to_choose_bands(self) -> "MinHashConfig":
-        if self.threshold is not None and (self.bands is not None or self.rows is not None):
+        if self.threshold is not None and {"bands", "rows"} & self.model_fields_set:
             raise ValueError("give either threshold or bands and rows, not both")
-        if (self.bands is None) != (self.rows is None):
-            raise ValueError("bands and rows go together")
         if self.buckets is not None and self.buckets & (self.buckets - 1):
             raise ValueError(f"buckets must be a power of two, got {self.buckets}")
         return self
@@ -90,7 +88,7 @@ class MinHashConfig(_Strict):
             from textmill.dedup.minhash import bands_rows_for_threshold
 
             return bands_rows_for_threshold(self.threshold, permutations=self.permutations)
-        return (self.bands or 14), (self.rows or 8)
+        return self.bands, self.rows
 
 
 class DedupChecks(_Strict):

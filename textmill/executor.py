@@ -28,6 +28,8 @@ class Executor(Protocol):
 
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[R]: ...
 
+    def close(self) -> None: ...
+
 
 class SerialExecutor:
     """Runs shards one after another in this process (debugging, tiny inputs)."""
@@ -38,27 +40,51 @@ class SerialExecutor:
         for task in tasks:
             yield fn(task)
 
+    def close(self) -> None:
+        pass
+
 
 class LocalProcessExecutor:
-    """A pool of worker processes (spawned, so no state leaks from the parent)."""
+    """A pool of worker processes (spawned, so no state leaks from the parent).
 
-    def __init__(self, *, workers: int | None = None, max_tasks_per_child: int | None = 8) -> None:
+    The pool starts on first use and is reused by every later `map` until `close()`, so
+    a stage with several parallel phases pays the worker start-up once.
+    """
+
+    def __init__(self, *, workers: int | None = None, max_tasks_per_child: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.max_tasks_per_child = max_tasks_per_child
+        self._pool: ProcessPoolExecutor | None = None
 
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[R]:
         if not tasks:
             return
-        workers = min(self.workers, len(tasks))
-        if workers == 1:
+        if self.workers == 1 or (len(tasks) == 1 and self._pool is None):
             yield from SerialExecutor().map(fn, tasks)
             return
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, max_tasks_per_child=self.max_tasks_per_child
-        ) as pool:
-            log.debug("running %d shards on %d processes", len(tasks), workers)
-            yield from pool.map(fn, tasks)
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=context, max_tasks_per_child=self.max_tasks_per_child
+            )
+        log.debug("running %d shards on %d processes", len(tasks), self.workers)
+        yield from self._pool.map(fn, tasks)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "LocalProcessExecutor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort when the owner forgot close()
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def make_executor(config: ExecutionConfig) -> Executor:

@@ -64,7 +64,11 @@ def token_hashes(tokens: pa.Array) -> np.ndarray:
     data = data[start:end].astype(np.uint64)
     starts = offsets[:-1] - start
     lengths = np.diff(offsets)
-    position = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
+    # position of each byte inside its token: a running count that restarts at every token start
+    steps = np.ones(len(data), dtype=np.int64)
+    steps[starts[1:]] = 1 - lengths[:-1]
+    steps[0] = 0
+    position = np.cumsum(steps)
     with np.errstate(over="ignore"):
         weighted = data * _powers(_grow(int(lengths.max())))[position]
         sums = np.add.reduceat(weighted, starts)
@@ -146,11 +150,10 @@ class MinHasher:
             for lo, hi in zip(edges[:-1], edges[1:]):
                 docs = has[lo:hi]
                 start, stop = shingles.offsets[docs[0]], shingles.offsets[docs[-1] + 1]
-                values = shingles.values[start:stop]
-                cells = np.multiply.outer(values, a)
-                cells += b
-                local = shingles.offsets[docs] - start
-                result[docs] = np.minimum.reduceat(cells, local, axis=0)
+                # (permutations × shingles): the per-document minimum runs along contiguous rows
+                cells = np.multiply.outer(a, shingles.values[start:stop])
+                cells += b[:, None]
+                result[docs] = np.minimum.reduceat(cells, shingles.offsets[docs] - start, axis=1).T
         return result
 
     def band_keys(self, signatures: np.ndarray, *, scope: np.ndarray | None = None) -> np.ndarray:

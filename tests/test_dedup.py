@@ -200,3 +200,17 @@ def test_url_normalization():
                                   "https://example.com/a?q=1", ""]})
     assert frame.select(normalized_url().alias("n"))["n"].to_list() == [
         "example.com/a", "example.com/a", "example.com:8443/a", "example.com/a?q=1", ""]
+
+
+def test_documents_without_word_tokens_only_meet_exact_dedup(tmp_path):
+    docs = [{"id": "p1", "url": "https://p.example/1", "text": "!!! ???"},
+            {"id": "p2", "url": "https://p.example/2", "text": "!!!  ???"},
+            {"id": "p3", "url": "https://p.example/3", "text": "*** ..."},
+            {"id": "w1", "url": "https://p.example/4", "text": "word"}]
+    write_crawl(tmp_path, "c1", docs)
+    store = Store(str(tmp_path))
+    result = run(store, "c1")
+    assert result.manifest.statistics["removed_by_kind"]["exact"] == 1
+    assert result.manifest.statistics["removed_by_kind"]["near"] == 0  # no shingles: never a near duplicate
+    assert sorted(store.scan(result.manifest).collect()["url"]) == [
+        "https://p.example/1", "https://p.example/3", "https://p.example/4"]

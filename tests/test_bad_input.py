@@ -327,3 +327,17 @@ def test_quarantine_rate_is_visible_for_checks(sample, warc, tmp_path):
     stats = outcome.result.manifest.statistics
     assert stats["quarantined"] == {readers.BAD_JSON: 2, readers.MISSING_TEXT: 4}
     assert stats["records_read"] >= stats["documents"] + sum(stats["quarantined"].values())
+
+
+def test_oversized_jsonl_line_is_skipped_while_streaming(tmp_path):
+    """A line far over the cap is skipped as it streams by, and the lines after it still arrive."""
+    import json as _json
+
+    from textmill.ingest.readers import _lines
+
+    big = b'{"text": "' + b"x" * 5_000_000 + b'"}\n'
+    good = _json.dumps({"id": "after", "text": "still here"}).encode() + b"\n"
+    chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))
+    lines = list(_lines(iter([*chunks, good]), 100_000))
+    assert [int(lines[0])] == [len(big)] and type(lines[0]).__name__ == "_OversizedLine"
+    assert lines[1] == good

@@ -437,16 +437,31 @@ def _decompressed_chunks(handle: IO[bytes], name: str, size: int = 1 << 16) -> I
         yield chunk
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+class _OversizedLine(int):
+    """Stands in for a line longer than the cap; its value is the line's length in bytes."""
+
+
+def _lines(chunks: Iterator[bytes], limit: int) -> Iterator[bytes | _OversizedLine]:
+    """Lines of a byte stream; a line over `limit` bytes is skipped without being held in memory."""
     buffer = bytearray()
+    dropped = 0  # > 0 while discarding the rest of an oversized line
     for chunk in chunks:
         buffer += chunk
         start = 0
         while (newline := buffer.find(b"\n", start)) >= 0:
-            yield bytes(buffer[start : newline + 1])
+            if dropped:
+                yield _OversizedLine(dropped + newline + 1 - start)
+                dropped = 0
+            else:
+                yield bytes(buffer[start : newline + 1])
             start = newline + 1
         del buffer[:start]
-    if buffer:
+        if len(buffer) > limit:
+            dropped += len(buffer)
+            buffer.clear()
+    if dropped:
+        yield _OversizedLine(dropped + len(buffer))
+    elif buffer:
         yield bytes(buffer)
 
 
@@ -456,13 +471,14 @@ def read_jsonl(
     """One JSON object per line with at least `text`; id, url, source and dates are picked up when present."""
     offset = 0
     try:
-        for line_number, line in enumerate(_lines(_decompressed_chunks(handle, name))):
+        for line_number, line in enumerate(_lines(_decompressed_chunks(handle, name), max_bytes)):
             offset = line_number
+            if isinstance(line, _OversizedLine) or len(line) > max_bytes:
+                size = int(line) if isinstance(line, _OversizedLine) else len(line)
+                yield Rejected(OVERSIZED, f"{size} bytes > cap {max_bytes}", source, line_number, payload=b"")
+                continue
             if not line.strip():
                 skipped["blank_line"] += 1
-                continue
-            if len(line) > max_bytes:
-                yield Rejected(OVERSIZED, f"{len(line)} bytes > cap {max_bytes}", source, line_number, payload=b"")
                 continue
             try:
                 obj = json.loads(line)

@@ -32,6 +32,7 @@ from textmill.storage import PartInfo, Store
 
 log = logging.getLogger(__name__)
 
+SIGN_BATCH = 2000  # documents shingled and signed at once (bounds the shingle matrix)
 KINDS = ("url", "exact", "exact_earlier_crawl", "near", "near_earlier_crawl")
 DEDUP_COLUMNS = {"dup_cluster": pl.String(), "dup_cluster_size": pl.Int64()}
 REMOVED_SCHEMA = {"id": pl.String(), "url": pl.String(), "source": pl.String(), "kind": pl.String(),
@@ -115,16 +116,19 @@ def sign_part(task: PartTask) -> dict[str, int]:
     plan.store.write_parquet(meta, plan.meta_path(task.part))
     band_rows = 0
     if config.near and frame.height:
-        shingles = shingle_hashes(frame["text"], ngram=config.minhash.ngram)
-        has = shingles.counts > 0
         hasher = plan.minhasher
-        scope_hash = None
-        if scopes is not None:
-            scope_hash = np.array([xxhash.xxh3_64_intdigest(s.encode()) for s in scopes], dtype=np.uint64)[has]
-        keys = hasher.band_keys(hasher.signatures(shingles)[has], scope=scope_hash)
-        doc_keys = frame["doc_key"].to_numpy()[has]
-        flat_keys = keys.ravel()
-        flat_docs = np.repeat(doc_keys, plan.bands)
+        keys_parts, docs_parts = [], []
+        for start in range(0, frame.height, SIGN_BATCH):  # bounded working set whatever the part size
+            batch = frame.slice(start, SIGN_BATCH)
+            shingles = shingle_hashes(batch["text"], ngram=config.minhash.ngram)
+            has = shingles.counts > 0
+            scope_hash = None
+            if scopes is not None:
+                scope_hash = np.array([xxhash.xxh3_64_intdigest(s.encode()) for s in scopes.slice(start, SIGN_BATCH)],
+                                      dtype=np.uint64)[has]
+            keys_parts.append(hasher.band_keys(hasher.signatures(shingles)[has], scope=scope_hash).ravel())
+            docs_parts.append(np.repeat(batch["doc_key"].to_numpy()[has], plan.bands))
+        flat_keys, flat_docs = np.concatenate(keys_parts), np.concatenate(docs_parts)
         buckets = (flat_keys >> np.uint64(64 - plan.bucket_bits)) if plan.bucket_bits else np.zeros_like(flat_keys)
         order = np.argsort(buckets, kind="stable")
         buckets, flat_keys, flat_docs = buckets[order], flat_keys[order], flat_docs[order]

@@ -54,6 +54,7 @@ class RawConfig(_Strict):
     min_text_chars: int = Field(default=1, ge=1, description="shorter extracted text goes to quarantine as empty")
     rows_per_part: int = Field(default=20_000, ge=1, description="documents per Parquet part; bounds worker memory")
     batch_size: int = Field(default=256, ge=1, description="records extracted and language-identified per batch")
+    langid_max_chars: int = Field(default=2000, ge=100, description="characters of each text read by language id")
     file_patterns: list[str] = Field(
         default_factory=lambda: ["*.warc", "*.warc.gz", "*.wet", "*.wet.gz", "*.jsonl", "*.jsonl.gz",
                                  "*.jsonl.zst", "*.json.gz", "*.parquet"],

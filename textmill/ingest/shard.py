@@ -59,9 +59,10 @@ class ShardResult:
     seconds: float = 0.0
 
 
-def document_frame(records: list[readers.Record], texts: list[str], *, crawl: str) -> pl.DataFrame:
+def document_frame(records: list[readers.Record], texts: list[str], *, crawl: str,
+                   langid_max_chars: int = 2000) -> pl.DataFrame:
     """Build the document-schema frame of a batch; derived columns are Polars expressions."""
-    langs, scores = identify(texts)
+    langs, scores = identify(texts, max_chars=langid_max_chars)
     frame = pl.DataFrame(
         {
             "id": [document_id(crawl=crawl, url=r.url, record_id=r.record_id) for r in records],
@@ -178,7 +179,7 @@ def _extract_batch(batch: list[readers.Record], writer: _ShardWriter, task: Inge
         kept.append(record)
         texts.append(text)
     if kept:
-        frame = document_frame(kept, texts, crawl=task.crawl)
+        frame = document_frame(kept, texts, crawl=task.crawl, langid_max_chars=config.langid_max_chars)
         writer.result.languages.update(frame["lang"].to_list())
         writer.add(frame)
 

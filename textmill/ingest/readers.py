@@ -300,36 +300,25 @@ def read_warc(
                     yield Rejected(OVERSIZED, f"{declared} bytes > cap {max_bytes}", source, rec.stream_pos,
                                    record_id, url, skipped_payload)
                     continue
-                if rtype == WarcRecordType.conversion:
-                    body = rec.reader.read()
-                    if len(body) < declared:
-                        truncated_at = rec.stream_pos
-                        yield Rejected(TRUNCATED_RECORD, f"read {len(body)} of {declared} bytes", source,
-                                       rec.stream_pos, record_id, url, body)
-                        continue
-                    yield Record(url, record_id, fetched_at, source, rec.stream_pos, body, "text", "utf-8")
-                    continue
                 if rtype == WarcRecordType.resource:
                     content_type = (rec.headers.get("Content-Type") or "").split(";")[0].strip().lower()
                     if content_type not in html_mime_types:
                         rec.reader.consume()
                         skipped["non_html"] += 1
                         continue
-                    body = rec.reader.read()
-                    if len(body) < declared:
-                        truncated_at = rec.stream_pos
-                        yield Rejected(TRUNCATED_RECORD, f"read {len(body)} of {declared} bytes", source,
-                                       rec.stream_pos, record_id, url, body)
-                        continue
-                    yield Record(url, record_id, fetched_at, source, rec.stream_pos, body, "html", None)
-                    continue
-                # response: an HTTP message
                 raw = rec.reader.read()
                 if len(raw) < declared:
                     truncated_at = rec.stream_pos
                     yield Rejected(TRUNCATED_RECORD, f"read {len(raw)} of {declared} bytes", source,
                                    rec.stream_pos, record_id, url, raw)
                     continue
+                if rtype == WarcRecordType.conversion:  # WET: extracted text already
+                    yield Record(url, record_id, fetched_at, source, rec.stream_pos, raw, "text", "utf-8")
+                    continue
+                if rtype == WarcRecordType.resource:  # an HTML page stored without HTTP headers
+                    yield Record(url, record_id, fetched_at, source, rec.stream_pos, raw, "html", None)
+                    continue
+                # response: an HTTP message
                 parsed = _split_http(raw)
                 if parsed is None:
                     if raw.startswith(b"HTTP/") or not raw.strip():

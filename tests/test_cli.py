@@ -66,7 +66,8 @@ def test_demo_materializes_deduped_from_the_raw_version(demo_dir):
     stats = deduped.statistics
     assert stats["documents_in"] == raw.rows
     assert stats["documents"] + stats["removed"] == raw.rows
-    assert stats["removed_by_kind"]["near"] > 0 and stats["removed_by_kind"]["url"] > 0
+    kinds = stats["removed_by_kind"]
+    assert kinds["exact"] + kinds["near"] > 0 and kinds["url"] > 0  # ClueWeb's shop templates, repeated URLs
 
 
 @pytest.mark.slow

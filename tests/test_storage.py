@@ -85,7 +85,7 @@ def test_raw_version_changes_with_config_and_inputs_only(store, land, landing_pu
     same = raw(store=store, crawl="c1", config=RawConfig(checks=RawChecks(min_documents=5)), executor=SerialExecutor())
     assert same.reused and same.version == first.version
 
-    other_config = run(store, extractor="trafilatura")
+    other_config = run(store, extractor="resiliparse")
     assert not other_config.reused and other_config.version != first.version
 
     landing_put(store, "c1", {"more.jsonl": b'{"id": "m", "text": "one more document"}\n'})
@@ -247,7 +247,7 @@ raw(store=store, crawl="c1", config=RawConfig(), executor=SerialExecutor(), prog
 
 def test_a_killed_write_leaves_nothing_a_reader_takes_and_a_rerun_completes(store, land):
     land(store)
-    earlier = run(store, extractor="trafilatura")  # another version of the partition ...
+    earlier = run(store, extractor="resiliparse")  # another version of the partition ...
     assert [m.version for m in store.versions("raw", "c1")] == [earlier.version]  # ... that this process listed
 
     child = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_FILE, store.url, json.dumps(store.storage_options)],

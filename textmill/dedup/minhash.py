@@ -96,8 +96,10 @@ def shingle_hashes(texts: pl.Series, *, ngram: int) -> Shingles:
     """Hashes of the word n-grams of each text; a text shorter than n words is one shingle."""
     tokens = tokenize(texts)
     counts = tokens.list.len().fill_null(0).to_numpy().astype(np.int64)
-    flat = tokens.explode().drop_nulls()
-    hashes = token_hashes(flat.to_arrow())
+    flat = tokens.explode().drop_nulls().to_arrow()
+    # hash each distinct token once (a batch repeats its vocabulary many times over)
+    encoded = pc.dictionary_encode(pc.cast(flat, pa.large_string()))
+    hashes = token_hashes(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False)]
     doc_starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
     position = np.arange(len(hashes), dtype=np.int64) - np.repeat(doc_starts, counts)
     remaining = np.repeat(counts, counts) - position
@@ -134,7 +136,7 @@ class MinHasher:
         rng = np.random.Generator(np.random.PCG64(self.seed + 7919))
         return rng.integers(0, _MASK64, size=(self.bands, self.rows), dtype=np.uint64, endpoint=True) | np.uint64(1)
 
-    def signatures(self, shingles: Shingles, *, chunk_cells: int = 1 << 23) -> np.ndarray:
+    def signatures(self, shingles: Shingles, *, chunk_cells: int = 1 << 19) -> np.ndarray:
         """(documents × permutations) MinHash matrix; documents without shingles get all-max rows."""
         a, b = self.parameters
         permutations = len(a)
@@ -143,7 +145,8 @@ class MinHasher:
         has = np.flatnonzero(counts > 0)
         if len(has) == 0:
             return result
-        # group whole documents into chunks of about chunk_cells matrix cells to bound memory
+        # group whole documents into chunks of about chunk_cells matrix cells: small chunks bound
+        # memory and reuse warm pages (first-touch faults on big temporaries cost more than the math)
         chunk_of = (np.cumsum(counts[has] * permutations) - 1) // chunk_cells
         edges = np.concatenate(([0], np.flatnonzero(np.diff(chunk_of)) + 1, [len(has)]))
         with np.errstate(over="ignore"):

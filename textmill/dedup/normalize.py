@@ -5,9 +5,15 @@ from __future__ import annotations
 import polars as pl
 
 
-def normalized_text(column: str = "text", *, case_fold: bool = False) -> pl.Expr:
-    """Unicode NFC, runs of whitespace collapsed to one space, trimmed; optionally lower-cased."""
-    expr = pl.col(column).fill_null("").str.normalize("NFC").str.replace_all(r"\s+", " ").str.strip_chars()
+def normalized_text(column: str = "text", *, case_fold: bool = False, nfc: bool = True) -> pl.Expr:
+    """Unicode NFC, runs of whitespace collapsed to one space, trimmed; optionally lower-cased.
+
+    `nfc=False` leaves NFC to the caller (the dedup stage applies it per document, faster).
+    """
+    expr = pl.col(column).fill_null("")
+    if nfc:
+        expr = expr.str.normalize("NFC")
+    expr = expr.str.replace_all(r"\s+", " ").str.strip_chars()
     return expr.str.to_lowercase() if case_fold else expr
 
 

@@ -8,7 +8,8 @@ textmill, so the two cannot share .venv). Pipeline, with datatrove's own steps:
                                               Payload-Type, else libmagic sniffing); UTF-8,
                                               else cchardet; no HTTP-status filter
     Trafilatura(favour_precision=True,        trafilatura.extract in a sandbox subprocess
-                deduplicate=True, timeout=T)  with a per-document timeout (datatrove defaults)
+                deduplicate=D, timeout=T)     with a per-document timeout (datatrove defaults,
+                                              except deduplicate: see --dedup)
     LocalLanguageLabel (optional)             datatrove's LanguageFilter with label_only=True
                                               (labels, drops nothing, like textmill), its
                                               fastText model pointed at a local lid.176.ftz
@@ -59,7 +60,7 @@ def build_pipeline(args: argparse.Namespace) -> list:
 
     steps = [
         WarcReader(str(args.input), glob_pattern="*.warc.gz", recursive=False),
-        Trafilatura(favour_precision=True, deduplicate=True, timeout=args.timeout),
+        Trafilatura(favour_precision=True, deduplicate=args.dedup, timeout=args.timeout),
     ]
     if args.lid_model:
         steps.append(LocalLanguageLabel(str(args.lid_model)))
@@ -74,6 +75,10 @@ def main() -> int:
     parser.add_argument("--logs", type=Path, required=True, help="datatrove logging folder")
     parser.add_argument("--workers", type=int, default=1, help="tasks = workers = N")
     parser.add_argument("--timeout", type=float, default=1.0, help="datatrove's per-document extraction timeout")
+    parser.add_argument("--dedup", action="store_true",
+                        help="trafilatura deduplicate=True (datatrove's default). Off by default here: its "
+                             "per-process segment cache empties every repeated copy of a page, which the "
+                             "benchmark's replicated input is full of")
     parser.add_argument("--lid-model", type=Path, default=None, help="local fastText lid.176 model file")
     args = parser.parse_args()
 

@@ -4,11 +4,14 @@ Runs in textmill's own virtualenv (.venv). Calls the public stage exactly as the
 orchestrators do:
 
     raw(store=Store(root), crawl=crawl, config=RawConfig(extractor=...),
-        executor=LocalProcessExecutor(workers=N))
+        executor=LocalProcessExecutor(workers=N, max_tasks_per_child=None))
+
+(max_tasks_per_child=None, pinned: with a limit, the process pool hangs on Python 3.11 once
+a worker retires while files are still queued: CPython gh-115634.)
 
 which, per input file (one shard per file): reads the WARC with fastwarc, keeps 2xx HTML
-responses, decodes the charset, extracts the text (resiliparse main_content=True by default,
-or trafilatura), identifies the language (fastText lid.176.ftz), and writes zstd Parquet
+responses, decodes the charset, extracts the text (--extractor, resiliparse unless told,
+main_content=True), identifies the language (fastText lid.176.ftz), and writes zstd Parquet
 parts plus quarantine parts and a manifest. Prints one JSON line with the manifest's counts
 and the time of the `raw(...)` call.
 """
@@ -27,6 +30,9 @@ def main() -> int:
     parser.add_argument("--crawl", default="bench")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--extractor", choices=["resiliparse", "trafilatura"], default="resiliparse")
+    parser.add_argument("--max-tasks-per-child", type=int, default=0,
+                        help="LocalProcessExecutor's max_tasks_per_child; 0 = None (no worker recycling). "
+                             "A limit deadlocks on Python 3.11 once a worker retires (CPython gh-115634)")
     args = parser.parse_args()
 
     from textmill.config import RawConfig
@@ -34,9 +40,15 @@ def main() -> int:
     from textmill.stages import raw
     from textmill.storage import Store
 
+    executor = LocalProcessExecutor(workers=args.workers, max_tasks_per_child=args.max_tasks_per_child or None)
     started = time.perf_counter()
-    result = raw(store=Store(args.root), crawl=args.crawl, config=RawConfig(extractor=args.extractor),
-                 executor=LocalProcessExecutor(workers=args.workers))
+    try:
+        result = raw(store=Store(args.root), crawl=args.crawl, config=RawConfig(extractor=args.extractor),
+                     executor=executor)
+    finally:
+        close = getattr(executor, "close", None)  # newer executors keep their pool until closed
+        if close is not None:
+            close()
     seconds = time.perf_counter() - started
     stats = result.manifest.statistics
     print(json.dumps({

@@ -10,7 +10,9 @@ stage uses), then `extract_text(html, extractor=..., main_content=...)`. Configu
                           trafilatura's no_fallback=True, plus html2txt when nothing is found)
     trafilatura/precision reference only, NOT a textmill setting: trafilatura.extract with the
                           options datatrove's `Trafilatura` step uses (favor_precision=True,
-                          deduplicate=True, include_comments=False); shows what datatrove keeps.
+                          include_comments=False) but deduplicate=False, as in
+                          bench/ingest_throughput.py (the dedup cache makes scores depend on
+                          page order); trafilatura 2.x from .venv, not datatrove's 1.x.
 
 Gold sets (read from --data; the product never depends on them):
 
@@ -30,7 +32,8 @@ Gold sets (read from --data; the product never depends on them):
 
 Speed: pages/s of `extract_text` alone (the HTML already decoded), single process, one
 warm-up call per configuration excluded, over all pages of both sets; measured with
-time.perf_counter (wall) and time.process_time (CPU) around each call.
+time.perf_counter (wall) and time.process_time (CPU) around each call. pages/CPU-s is the
+steadier number on a shared machine (other processes stretch wall time, not CPU time).
 
 Usage (from the repository root, textmill's virtualenv):
 
@@ -77,7 +80,7 @@ def squash(text: str) -> str:
 def _precision_datatrove_style(html: str) -> str:
     import trafilatura
 
-    return trafilatura.extract(html, favor_precision=True, include_comments=False, deduplicate=True) or ""
+    return trafilatura.extract(html, favor_precision=True, include_comments=False, deduplicate=False) or ""
 
 
 def make_configs() -> dict[str, Callable[[str], str]]:
@@ -233,6 +236,7 @@ def machine() -> dict:
                            if line.startswith("model name")), platform.processor()),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "loadavg": os.getloadavg(),
     }
 
 
@@ -293,10 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['config']} | {r['set']} | {r['pages']} | {r['precision']:.3f} | {r['recall']:.3f} | "
               f"{r['f1']:.3f} | {r['empty_outputs']} | {r['pages_per_second']:.1f} |")
     print()
-    print("| configuration | pages (both sets) | extraction seconds | pages/s (1 process) |")
-    print("|---|---:|---:|---:|")
+    print("| configuration | pages (both sets) | extraction wall s | CPU s | pages/s (1 process) | pages/CPU-s |")
+    print("|---|---:|---:|---:|---:|---:|")
     for config, s in speed.items():
-        print(f"| {config} | {s['pages']} | {s['seconds']:.1f} | {s['pages_per_second']:.1f} |")
+        per_cpu = s["pages"] / s["cpu_seconds"] if s["cpu_seconds"] else 0.0
+        print(f"| {config} | {s['pages']} | {s['seconds']:.1f} | {s['cpu_seconds']:.1f} | "
+              f"{s['pages_per_second']:.1f} | {per_cpu:.1f} |")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {

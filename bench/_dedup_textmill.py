@@ -60,7 +60,7 @@ def main() -> int:
                           "removed_by_kind": manifest.statistics.get("removed_by_kind")}))
         return 0
 
-    executor = LocalProcessExecutor(workers=args.workers, max_tasks_per_child=None)
+    executor = LocalProcessExecutor(workers=args.workers)
     started = time.perf_counter()
     try:
         if args.mode == "raw":

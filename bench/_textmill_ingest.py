@@ -31,8 +31,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--extractor", choices=["resiliparse", "trafilatura"], default="resiliparse")
     parser.add_argument("--max-tasks-per-child", type=int, default=0,
-                        help="LocalProcessExecutor's max_tasks_per_child; 0 = None (no worker recycling). "
-                             "A limit deadlocks on Python 3.11 once a worker retires (CPython gh-115634)")
+                        help="ignored: LocalProcessExecutor no longer recycles workers (a limit deadlocks on "
+                             "Python 3.11, CPython gh-115634); accepted so older driver commands still run")
     args = parser.parse_args()
 
     from textmill.config import RawConfig
@@ -40,7 +40,7 @@ def main() -> int:
     from textmill.stages import raw
     from textmill.storage import Store
 
-    executor = LocalProcessExecutor(workers=args.workers, max_tasks_per_child=args.max_tasks_per_child or None)
+    executor = LocalProcessExecutor(workers=args.workers)  # no worker recycling (deadlocks on 3.11)
     started = time.perf_counter()
     try:
         result = raw(store=Store(args.root), crawl=args.crawl, config=RawConfig(extractor=args.extractor),

@@ -3,11 +3,12 @@
 Every page goes through textmill's own path: `decode_html(bytes)` (the charset logic the raw
 stage uses), then `extract_text(html, extractor=..., main_content=...)`. Configurations:
 
-    resiliparse/main      extractor="resiliparse", main_content=True   (recipe default)
+    resiliparse/main      extractor="resiliparse", main_content=True
     resiliparse/full      extractor="resiliparse", main_content=False  (whole-page text)
-    trafilatura/main      extractor="trafilatura", main_content=True   (trafilatura with fallbacks)
-    trafilatura/fast      extractor="trafilatura", main_content=False  (textmill maps this to
-                          trafilatura's no_fallback=True, plus html2txt when nothing is found)
+    trafilatura/main      extractor="trafilatura", main_content=True   (recipe default; with fallbacks)
+    trafilatura/fast      reference only, NOT a textmill setting: trafilatura.extract with
+                          no_fallback=True (the numbers of record were taken when textmill
+                          mapped main_content=False to this; that mapping is gone)
     trafilatura/precision reference only, NOT a textmill setting: trafilatura.extract with the
                           options datatrove's `Trafilatura` step uses (favor_precision=True,
                           include_comments=False) but deduplicate=False, as in
@@ -54,11 +55,11 @@ import sys
 import tarfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -86,11 +87,17 @@ def _precision_datatrove_style(html: str) -> str:
 def make_configs() -> dict[str, Callable[[str], str]]:
     from textmill.ingest.extract import extract_text
 
+    def _trafilatura_no_fallback(html: str) -> str:
+        import trafilatura
+
+        return trafilatura.extract(html, no_fallback=True, include_comments=False, include_tables=True,
+                                   deduplicate=False) or ""
+
     return {
         "resiliparse/main": lambda h: extract_text(h, extractor="resiliparse", main_content=True),
         "resiliparse/full": lambda h: extract_text(h, extractor="resiliparse", main_content=False),
         "trafilatura/main": lambda h: extract_text(h, extractor="trafilatura", main_content=True),
-        "trafilatura/fast": lambda h: extract_text(h, extractor="trafilatura", main_content=False),
+        "trafilatura/fast": lambda h: _trafilatura_no_fallback(h).strip(),
         "trafilatura/precision": lambda h: _precision_datatrove_style(h).strip(),
     }
 
@@ -129,10 +136,10 @@ def load_trafilatura_set(folder: Path) -> list[Page]:
             if not member.isfile():
                 continue
             parts = member.name.split("/")
-            if len(parts) == 3 and parts[1] in ("cache", "eval") and parts[2] in wanted:
-                # the repo's loader looks in cache/ first, then eval/
-                if parts[1] == "cache" or parts[2] not in blobs:
-                    blobs[parts[2]] = tar.extractfile(member).read()  # type: ignore[union-attr]
+            # the repo's loader looks in cache/ first, then eval/
+            if (len(parts) == 3 and parts[1] in ("cache", "eval") and parts[2] in wanted
+                    and (parts[1] == "cache" or parts[2] not in blobs)):
+                blobs[parts[2]] = tar.extractfile(member).read()  # type: ignore[union-attr]
     pages = []
     missing = 0
     for url in sorted(evaldata):
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "extraction_quality",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
         "versions": {name: version(name) for name in ("textmill", "resiliparse", "trafilatura")},

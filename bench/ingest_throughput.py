@@ -82,7 +82,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ def count_html_responses(path: Path) -> int:
                 count += mime in HTML_TYPES
                 continue
             sniff = raw[index + width:][:512].lstrip().lower()
-            count += sniff.startswith(b"<!doctype html") or sniff.startswith(b"<html") or b"<body" in sniff
+            count += sniff.startswith((b"<!doctype html", b"<html")) or b"<body" in sniff
     return count
 
 
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "ingest_throughput",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
         "git": git_state(),

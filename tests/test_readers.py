@@ -349,7 +349,7 @@ def test_extractors_return_the_main_text(extractor):
     assert extract_text("<html><body><div> </div></body></html>", extractor=extractor) == ""
 
 
-def test_resiliparse_keeps_boilerplate_when_asked():
+def test_whole_page_text_keeps_boilerplate_when_asked():
     text = extract_text(PAGE, extractor="resiliparse", main_content=False)
     assert ARTICLE[0] in text and "Privacy policy" in text and "About us" in text
 

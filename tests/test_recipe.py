@@ -69,3 +69,9 @@ def test_cli_fails_before_any_work_on_a_bad_recipe(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "raw.rows_per_part" in result.output
     assert not (tmp_path / "data").exists(), "no work may start before the recipe is valid"
+
+
+def test_whole_page_text_needs_resiliparse():
+    with pytest.raises(RecipeError, match="raw.*main_content: false.*resiliparse"):
+        parse_recipe({"raw": {"extractor": "trafilatura", "main_content": False}})
+    assert parse_recipe({"raw": {"extractor": "resiliparse", "main_content": False}}).raw.main_content is False

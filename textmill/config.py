@@ -62,6 +62,12 @@ class RawConfig(_Strict):
     )
     checks: RawChecks = Field(default_factory=RawChecks)
 
+    @model_validator(mode="after")
+    def _whole_page_needs_resiliparse(self) -> "RawConfig":
+        if not self.main_content and self.extractor != "resiliparse":
+            raise ValueError("main_content: false (whole-page text) needs extractor: resiliparse")
+        return self
+
 
 class MinHashConfig(_Strict):
     """Near-duplicate detection: word n-gram shingles, MinHash signatures, LSH bands."""

@@ -51,9 +51,9 @@ class LocalProcessExecutor:
     a stage with several parallel phases pays the worker start-up once.
     """
 
-    def __init__(self, *, workers: int | None = None, max_tasks_per_child: int | None = None) -> None:
+    def __init__(self, *, workers: int | None = None) -> None:
+        # no max_tasks_per_child: on Python 3.11 it can deadlock the pool (CPython gh-115634)
         self.workers = workers or os.cpu_count() or 1
-        self.max_tasks_per_child = max_tasks_per_child
         self._pool: ProcessPoolExecutor | None = None
 
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[R]:
@@ -64,9 +64,7 @@ class LocalProcessExecutor:
             return
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=context, max_tasks_per_child=self.max_tasks_per_child
-            )
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
         log.debug("running %d shards on %d processes", len(tasks), self.workers)
         yield from self._pool.map(fn, tasks)
 

@@ -78,17 +78,16 @@ def extract_resiliparse(html: str, *, main_content: bool = True) -> str:
 def extract_trafilatura(html: str, *, main_content: bool = True) -> str:
     import trafilatura
 
+    # trafilatura has no faithful whole-page mode (html2txt flattens and drops parts), so the
+    # recipe only allows main_content: false with resiliparse (see RawConfig)
     text = trafilatura.extract(
         html,
         include_comments=False,
         include_tables=True,
-        no_fallback=not main_content,
         favor_precision=False,
         deduplicate=False,
         with_metadata=False,
     )
-    if text is None and not main_content:
-        text = trafilatura.html2txt(html)
     return text or ""
 
 

@@ -80,10 +80,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from _procmon import TreeMonitor, kill_tree  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -155,68 +156,6 @@ def link_tree(files: list[Path], folder: Path) -> None:
             os.link(path, folder / path.name)
         except OSError:
             shutil.copyfile(path, folder / path.name)
-
-
-class TreeMonitor(threading.Thread):
-    """Polls a process and all its descendants; keeps the peak of summed RSS and PSS."""
-
-    def __init__(self, pid: int, interval: float) -> None:
-        super().__init__(daemon=True)
-        import psutil
-
-        self.psutil = psutil
-        self.root = psutil.Process(pid)
-        self.interval = interval
-        self.peak_rss = 0
-        self.peak_pss = 0
-        self.peak_processes = 0
-        self.samples = 0
-        self.cpu: dict[tuple[int, float], float] = {}
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        psutil = self.psutil
-        while not self.done.is_set():
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.Error:
-                break
-            rss = pss = 0
-            alive = 0
-            for proc in procs:
-                try:
-                    with proc.oneshot():
-                        info = proc.memory_full_info()
-                        times = proc.cpu_times()
-                        key = (proc.pid, proc.create_time())
-                except psutil.Error:
-                    continue
-                rss += info.rss
-                pss += getattr(info, "pss", info.rss)
-                self.cpu[key] = times.user + times.system  # own time only, children not added
-                alive += 1
-            self.peak_rss = max(self.peak_rss, rss)
-            self.peak_pss = max(self.peak_pss, pss)
-            self.peak_processes = max(self.peak_processes, alive)
-            self.samples += 1
-            self.done.wait(self.interval)
-
-
-def kill_tree(pid: int) -> None:
-    """Kill a child we started and every process under it."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
-    except psutil.Error:
-        return
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=10)
 
 
 def busy_seconds() -> float:

@@ -102,36 +102,40 @@ def _text_hashes(texts: pl.Series, scopes: pl.Series | None) -> list[str]:
 
 
 def sign_part(task: PartTask) -> dict[str, int]:
-    """Metadata and band keys of one raw part."""
+    """Metadata and band keys of one raw part, computed batch by batch to bound memory."""
     plan, config = task.plan, task.plan.config
     frame = (
         plan.store.scan_files([task.uri])
         .select("id", "url", "source", "fetched_at", "text", "n_chars")
-        .with_columns(doc_key(), url_norm=normalized_url(),
-                      norm=normalized_text(case_fold=config.case_fold, nfc=False))  # NFC in _text_hashes
+        .with_columns(doc_key(), url_norm=normalized_url())
         .with_row_index("row")
         .collect()
     )
     scopes = frame["source"].fill_null("") if config.scope == "source" else None
+    hasher = plan.minhasher
+    text_hashes: list[str] = []
+    keys_parts, docs_parts = [], []
+    for start in range(0, frame.height, SIGN_BATCH):  # bounded working set whatever the part size
+        batch = frame.slice(start, SIGN_BATCH)
+        batch_scopes = scopes.slice(start, SIGN_BATCH) if scopes is not None else None
+        normalized = batch.select(normalized_text(case_fold=config.case_fold, nfc=False))["text"]  # NFC below
+        text_hashes += _text_hashes(normalized, batch_scopes)
+        if not config.near:
+            continue
+        shingles = shingle_hashes(batch["text"], ngram=config.minhash.ngram)
+        has = shingles.counts > 0
+        scope_hash = None
+        if batch_scopes is not None:
+            scope_hash = np.array([xxhash.xxh3_64_intdigest(s.encode()) for s in batch_scopes], dtype=np.uint64)[has]
+        keys_parts.append(hasher.band_keys(hasher.signatures(shingles)[has], scope=scope_hash).ravel())
+        docs_parts.append(np.repeat(batch["doc_key"].to_numpy()[has], plan.bands))
     meta = frame.select(
         "doc_key", "id", "url_norm", "fetched_at", "source", "n_chars",
         pl.lit(task.part, dtype=pl.Int32).alias("part"), pl.col("row").cast(pl.Int32),
-    ).with_columns(text_hash=pl.Series(_text_hashes(frame["norm"], scopes), dtype=pl.String))
+    ).with_columns(text_hash=pl.Series(text_hashes, dtype=pl.String))
     plan.store.write_parquet(meta, plan.meta_path(task.part))
     band_rows = 0
-    if config.near and frame.height:
-        hasher = plan.minhasher
-        keys_parts, docs_parts = [], []
-        for start in range(0, frame.height, SIGN_BATCH):  # bounded working set whatever the part size
-            batch = frame.slice(start, SIGN_BATCH)
-            shingles = shingle_hashes(batch["text"], ngram=config.minhash.ngram)
-            has = shingles.counts > 0
-            scope_hash = None
-            if scopes is not None:
-                scope_hash = np.array([xxhash.xxh3_64_intdigest(s.encode()) for s in scopes.slice(start, SIGN_BATCH)],
-                                      dtype=np.uint64)[has]
-            keys_parts.append(hasher.band_keys(hasher.signatures(shingles)[has], scope=scope_hash).ravel())
-            docs_parts.append(np.repeat(batch["doc_key"].to_numpy()[has], plan.bands))
+    if keys_parts:
         flat_keys, flat_docs = np.concatenate(keys_parts), np.concatenate(docs_parts)
         buckets = (flat_keys >> np.uint64(64 - plan.bucket_bits)) if plan.bucket_bits else np.zeros_like(flat_keys)
         order = np.argsort(buckets, kind="stable")

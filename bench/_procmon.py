@@ -1,8 +1,14 @@
-"""Process-tree monitor shared by the benchmarks: CPU time and peak memory of a child and its workers."""
+"""Shared by the benchmarks: run a child under a process-tree monitor (CPU time, peak memory), machine facts."""
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
 import threading
+import time
+from pathlib import Path
+from typing import IO
 
 
 class TreeMonitor(threading.Thread):
@@ -61,3 +67,45 @@ def kill_tree(pid: int) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(procs, timeout=10)
+
+
+def run_monitored(command: list, *, stderr: IO[bytes], log: Path, interval: float, timeout: float,
+                  cwd: Path, env: dict[str, str] | None = None) -> tuple[bytes, float, TreeMonitor]:
+    """Run a child to completion while polling its process tree; returns (stdout, wall seconds, monitor).
+
+    A child over `timeout` is killed with its whole tree; a failing child raises with its log's tail.
+    """
+    started = time.perf_counter()
+    child = subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE, stderr=stderr, cwd=cwd, env=env)
+    monitor = TreeMonitor(child.pid, interval)
+    monitor.start()
+    try:
+        stdout, _ = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        monitor.done.set()
+        kill_tree(child.pid)
+        child.communicate()
+        raise RuntimeError(f"{command[1]} did not finish within {timeout:.0f}s; killed (log: {log})") from None
+    wall = time.perf_counter() - started
+    monitor.done.set()
+    monitor.join()
+    if child.returncode != 0:
+        stderr.flush()
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{command[1]} failed with exit code {child.returncode}:\n{tail}")
+    return stdout, wall, monitor
+
+
+def machine() -> dict:
+    """The machine a benchmark ran on."""
+    import psutil
+
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                           if line.startswith("model name")), platform.processor()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": os.getloadavg(),
+    }

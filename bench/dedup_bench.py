@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -64,7 +63,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _procmon import TreeMonitor, kill_tree  # bench/ is on sys.path when run as a script
+from _procmon import machine, run_monitored  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHONS = {"textmill": REPO / ".venv/bin/python", "datatrove": REPO / ".venv-bench/bin/python",
@@ -85,28 +84,12 @@ def child_env() -> dict[str, str]:
 def run_child(command: list[str], *, log: Path, interval: float, timeout: float) -> dict:
     load = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
     with open(log, "ab") as stderr:
         stderr.write(f"\n$ {' '.join(map(str, command))}\n".encode())
         stderr.flush()
-        child = subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE, stderr=stderr, cwd=REPO,
-                                 env=child_env())
-        monitor = TreeMonitor(child.pid, interval)
-        monitor.start()
-        try:
-            stdout, _ = child.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            monitor.done.set()
-            kill_tree(child.pid)
-            child.communicate()
-            raise RuntimeError(f"{command[1]} did not finish within {timeout:.0f}s; killed (log: {log})") from None
-    wall = time.perf_counter() - started
-    monitor.done.set()
-    monitor.join()
+        stdout, wall, monitor = run_monitored(command, stderr=stderr, log=log, interval=interval, timeout=timeout,
+                                              cwd=REPO, env=child_env())
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if child.returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{command[1]} failed with exit code {child.returncode}:\n{tail}")
     lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
     rusage_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     tree_cpu = sum(monitor.cpu.values())
@@ -377,8 +360,6 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args()
 
-    import psutil
-
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -386,8 +367,7 @@ def main() -> int:
     log = out_dir / f"dedup-{stamp}.log"
     results = {
         "started": stamp, "argv": sys.argv[1:], "workers": args.workers,
-        "host": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-                 "python": platform.python_version(), "platform": platform.platform()},
+        "host": machine(),
         "textmill_commit": git("rev-parse", "HEAD"),
         "textmill_dirty_files": git("status", "--porcelain", "--", "textmill").splitlines(),
         "corpora": {}, "runs": [],

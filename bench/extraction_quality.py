@@ -48,8 +48,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
 import re
 import sys
 import tarfile
@@ -60,6 +58,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+
+from _procmon import machine  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -230,20 +230,6 @@ def score_snippets(pages: list[Page], outputs: list[str]) -> dict:
         "accuracy": (tp + tn) / (tp + fn + fp + tn),
         "tp": tp, "fn": fn, "fp": fp, "tn": tn,
         "empty_outputs": empty,
-    }
-
-
-def machine() -> dict:
-    import psutil
-
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "cpu_model": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                           if line.startswith("model name")), platform.processor()),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg": os.getloadavg(),
     }
 
 

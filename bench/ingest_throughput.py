@@ -74,7 +74,6 @@ import argparse
 import fnmatch
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -84,7 +83,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _procmon import TreeMonitor, kill_tree  # bench/ is on sys.path when run as a script
+from _procmon import machine, run_monitored  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -190,27 +189,12 @@ def run_child(command: list[str], *, log: Path, interval: float, timeout: float)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     busy_before = busy_seconds()
-    started = time.perf_counter()
     with open(log, "wb") as stderr:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO)
-        monitor = TreeMonitor(child.pid, interval)
-        monitor.start()
-        try:
-            stdout, _ = child.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            monitor.done.set()
-            kill_tree(child.pid)
-            child.communicate()
-            raise RuntimeError(f"{command[1]} did not finish within {timeout:.0f}s; killed (log: {log})") from None
-    wall = time.perf_counter() - started
+        stdout, wall, monitor = run_monitored(command, stderr=stderr, log=log, interval=interval, timeout=timeout,
+                                              cwd=REPO)
     busy = busy_seconds() - busy_before
-    monitor.done.set()
-    monitor.join()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     self_after = resource.getrusage(resource.RUSAGE_SELF)
-    if child.returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{command[1]} failed with exit code {child.returncode}:\n{tail}")
     lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
     report = json.loads(lines[-1])
     rusage_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -254,20 +238,6 @@ def lid_model_path(python: str) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return out if out and Path(out).is_file() else None
-
-
-def machine() -> dict:
-    import psutil
-
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "cpu_model": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                           if line.startswith("model name")), platform.processor()),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_at_start": os.getloadavg(),
-    }
 
 
 def git_state() -> dict:

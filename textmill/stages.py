@@ -28,7 +28,7 @@ from textmill.storage import Manifest, Store, content_version, file_fingerprint
 log = logging.getLogger(__name__)
 
 # Bump a stage's code version when its output for the same inputs and config changes.
-CODE_VERSIONS = {"raw": "1", "deduped": "1"}
+CODE_VERSIONS = {"raw": "1", "deduped": "2"}
 
 Progress = Callable[[int, int], None]
 
@@ -224,12 +224,13 @@ def deduped(
         index_entries=tuple(entries), index_dir=index_dir,
     )
     parts = store.part_uris(raw_manifest)
-    steps = 2 * len(parts) + 2 * (1 << plan.bucket_bits) + 2
+    buckets = [pipeline.BucketTask(plan, b) for b in range(1 << plan.bucket_bits)]
+    steps = 2 * len(parts) + 4 * len(buckets) + 1
     done = 0
 
-    def tick(step: str) -> None:
+    def tick(step: str, count: int = 1) -> None:
         nonlocal done
-        done += 1
+        done += count
         log.info("deduped %s: %s (%d/%d)", crawl, step, done, steps, extra={"progress": ("deduped", done, steps)})
         if progress:
             progress(done, steps)
@@ -237,43 +238,48 @@ def deduped(
     def timed(name: str, began: float) -> None:
         timings[f"{name}_seconds"] = round(time.perf_counter() - began, 4)
 
+    def bucket_phase(name: str, function: Callable, enabled: bool, empty: dict) -> pl.DataFrame:
+        """Run one per-bucket phase and gather its (small) results: only documents with duplicates."""
+        began, frames = time.perf_counter(), []
+        if enabled:
+            for frame in executor.map(function, buckets):
+                frames.append(frame)
+                tick(name)
+        else:
+            tick(name, len(buckets))
+        timed(name, began)
+        return pl.concat(frames) if frames else pl.DataFrame(schema=empty)
+
     began = time.perf_counter()
-    signed = []
-    for result in executor.map(pipeline.sign_part, [pipeline.PartTask(plan, i, uri) for i, uri in enumerate(parts)]):
-        signed.append(result)
+    for _ in executor.map(pipeline.sign_part, [pipeline.PartTask(plan, i, uri) for i, uri in enumerate(parts)]):
         tick("signatures")
     timed("sign", began)
 
-    began = time.perf_counter()
-    resolved = pipeline.resolve_exact_and_url(plan, len(parts))
-    store.write_parquet(resolved.filter(pl.col("kind").is_null()).select("doc_key"), plan.survivors_path)
-    tick("exact and URL duplicates")
-    timed("resolve", began)
+    member = pipeline.MEMBER_SCHEMA
+    url = bucket_phase("url", pipeline.url_groups, config.url, member | {"url_parent": pl.UInt64()})
+    url_removed = url.filter(pl.col("url_parent") != pl.col("doc_key")).select("doc_key")
+    store.write_parquet(url_removed, plan.removed_keys_path("url"))
+    exact = bucket_phase("exact", pipeline.exact_groups, config.exact, member | {
+        "exact_parent": pl.UInt64(), "exact_kind": pl.String(), "parent_id": pl.String()})
+    early_removed = pl.concat([url_removed, exact.filter(pl.col("exact_kind").is_not_null()).select("doc_key")])
+    store.write_parquet(early_removed, plan.removed_keys_path("exact"))
+    edges = bucket_phase("edges", pipeline.bucket_edges, config.near, pipeline.EDGES_SCHEMA).unique()
 
     began = time.perf_counter()
-    buckets = [pipeline.BucketTask(plan, b) for b in range(1 << plan.bucket_bits)]
-    edge_frames = []
-    if config.near:
-        for edges in executor.map(pipeline.bucket_edges, buckets):
-            edge_frames.append(edges)
-            tick("band buckets")
-    else:
-        done += len(buckets)
-    edges = pl.concat(edge_frames).unique() if edge_frames else pl.DataFrame(
-        schema={"doc_key": pl.UInt64, "other": pl.UInt64})
-    timed("edges", began)
-
-    began = time.perf_counter()
+    ends = pl.concat([edges["doc_key"], edges["other"]]).unique()
+    nodes = pipeline.documents_by_key(plan, len(parts), ends)
     texts = None
     if config.minhash.verify_jaccard and edges.height:
-        wanted = pl.concat([edges["doc_key"], edges["other"]]).unique()
-        texts = store.scan(raw_manifest).select(pipeline.doc_key(), "text").filter(
-            pl.col("doc_key").is_in(wanted.implode())).collect()
-    table = pipeline.finalize(plan, pipeline.cluster(plan, resolved, edges, texts))
-    store.write_parquet(
-        table.select("doc_key", "id", "text_hash", "part", "row", "kind", "dup_cluster", "dup_cluster_size"),
-        plan.decisions_path,
-    )
+        texts = store.scan(raw_manifest).select(pipeline.doc_key(), "text").join(
+            nodes.select("doc_key").lazy(), on="doc_key", how="semi").collect(engine="streaming")
+    near = pipeline.near_clusters(plan, edges, nodes, texts)
+    del texts, nodes
+    table = pipeline.finalize(plan, pipeline.combine(url, exact, near))
+    del url, exact, near
+    store.write_parquet(table.filter(pl.col("kind").is_not_null()).select("doc_key"), plan.removed_keys_path("all"))
+    for (part,), decisions in table.select("part", "doc_key", "kind", "dup_cluster", "dup_cluster_size").partition_by(
+            "part", as_dict=True, include_key=False).items():
+        store.write_parquet(decisions, plan.decisions_path(part))
     tick("clusters")
     timed("cluster", began)
 
@@ -294,19 +300,18 @@ def deduped(
     began = time.perf_counter()
     for _ in executor.map(pipeline.write_index_bucket, buckets):
         tick("index")
-    kept_table = table.filter(pl.col("kind").is_null())
-    store.write_parquet(kept_table.select("text_hash", "doc_key", "id").sort("text_hash", "doc_key"),
-                        posixpath.join(index_dir, "exact.parquet"))
     store.write_bytes(posixpath.join(index_dir, dedup_index.COMPLETE),
-                      json.dumps({"bucket_bits": plan.bucket_bits, "documents": kept_table.height}).encode())
+                      json.dumps({"bucket_bits": plan.bucket_bits, "documents": kept_rows}).encode())
     timed("index", began)
 
     removed_by_kind = {kind: 0 for kind in pipeline.KINDS} | dict(
         table.filter(pl.col("kind").is_not_null()).group_by("kind").len().iter_rows())
+    kept_table = table.filter(pl.col("kind").is_null())  # kept documents that have duplicates
     sizes = kept_table["dup_cluster_size"]
     histogram = {label: int(((sizes >= low) & (sizes <= high)).sum())
                  for label, low, high in (("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6-10", 6, 10),
                                           ("11-100", 11, 100), (">100", 101, 1 << 62))}
+    histogram["1"] += kept_rows - kept_table.height  # every other kept document is a cluster of one
     largest = kept_table.filter(pl.col("dup_cluster_size") > 1).sort(
         ["dup_cluster_size", "id"], descending=[True, False]).head(5).select("id", "dup_cluster_size")
     wall = time.perf_counter() - started

@@ -1,7 +1,8 @@
 """The persistent cross-crawl index under `state/dedup/`.
 
-For every deduped version it holds the kept documents' LSH band keys (bucketed by the top
-bits of the key) and their exact-text hashes. Crawl N reads the index of the earlier
+For every deduped version it holds the kept documents' LSH band keys (`bands/`, bucketed
+by the top bits of the key) and their 128-bit exact-text hashes with doc_key and id
+(`exact/`, bucketed by the top bits of the hash's high half). Crawl N reads the index of the earlier
 crawls' versions in the same scope; a crawl never reads its own entry, so reprocessing a
 crawl is idempotent. The folder of a version is complete once `_complete.json` exists.
 """
@@ -43,8 +44,8 @@ class IndexEntry:
     def as_input(self) -> dict[str, str]:
         return {"kind": "dedup_index", "crawl": self.crawl, "version": self.version}
 
-    def bucket_file(self, bucket: int) -> str:
-        return posixpath.join(self.folder, "bands", f"{bucket_name(bucket)}.parquet")
+    def bucket_file(self, table: str, bucket: int) -> str:
+        return posixpath.join(self.folder, table, f"{bucket_name(bucket)}.parquet")
 
 
 def earlier_entries(store: Store, scope_key: str, crawl: str) -> list[IndexEntry]:
@@ -74,27 +75,42 @@ def key_range(bucket: int, bits: int) -> tuple[int, int]:
     return bucket << width, ((bucket + 1) << width) - 1
 
 
-def earlier_band_keys(store: Store, entries: list[IndexEntry], bucket: int, bits: int) -> pl.LazyFrame | None:
-    """Band keys (key, doc_key) of earlier crawls that fall in this run's bucket."""
+def _earlier_bucket(store: Store, entries: list[IndexEntry], table: str, column: str,
+                    bucket: int, bits: int) -> pl.LazyFrame | None:
+    """Rows of earlier entries' `table` whose `column` falls in this run's bucket.
+
+    Entries may have been bucketed more coarsely or finely than this run; the key range
+    filter makes the two line up.
+    """
     low, high = key_range(bucket, bits)
     frames = []
     for entry in entries:
         if entry.bucket_bits <= bits:
-            files = [entry.bucket_file(bucket >> (bits - entry.bucket_bits))]
+            files = [entry.bucket_file(table, bucket >> (bits - entry.bucket_bits))]
         else:
             span = 1 << (entry.bucket_bits - bits)
-            files = [entry.bucket_file(b) for b in range(bucket * span, (bucket + 1) * span)]
+            files = [entry.bucket_file(table, b) for b in range(bucket * span, (bucket + 1) * span)]
         files = [f for f in files if store.exists(f)]
         if files:
             frames.append(store.scan_files(files))
     if not frames:
         return None
-    return pl.concat(frames).filter(pl.col("key").is_between(low, high))
+    return pl.concat(frames).filter(pl.col(column).is_between(low, high))
 
 
-def earlier_exact(store: Store, entries: list[IndexEntry]) -> pl.LazyFrame | None:
-    """Exact-text hashes with the doc_key and id of the earlier kept document."""
-    files = [posixpath.join(e.folder, "exact.parquet") for e in entries]
-    files = [f for f in files if store.exists(f)]
+def earlier_band_keys(store: Store, entries: list[IndexEntry], bucket: int, bits: int) -> pl.LazyFrame | None:
+    """Band keys (key, doc_key) of earlier crawls that fall in this run's bucket."""
+    return _earlier_bucket(store, entries, "bands", "key", bucket, bits)
+
+
+def earlier_exact(store: Store, entries: list[IndexEntry], bucket: int | None = None,
+                  bits: int = 0) -> pl.LazyFrame | None:
+    """Exact-text hashes (text_hi, text_lo) with the doc_key and id of earlier kept documents.
+
+    With a bucket, only that bucket's hashes; without, every kept document of the entries.
+    """
+    if bucket is not None:
+        return _earlier_bucket(store, entries, "exact", "text_hi", bucket, bits)
+    files = [posixpath.join(e.folder, "exact", name) for e in entries
+             for name in store.listdir(posixpath.join(e.folder, "exact"))]
     return store.scan_files(files) if files else None
-

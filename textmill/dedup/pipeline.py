@@ -1,17 +1,21 @@
-"""The deduped stage's phases. Parallel phases run per raw part or per band-key bucket.
+"""The deduped stage's phases. Parallel phases run per raw part or per hash bucket.
 
-    sign     (per part)    doc keys, normalized URL, exact-text hash, MinHash band keys
-                            → work/meta/part-*.parquet, work/bands/bucket=B/part-*.parquet
-    resolve  (once)        URL dedup (newest fetch), exact dedup (earliest fetch, then id),
-                            exact matches against earlier crawls → work/survivors.parquet
+    sign     (per part)    per document: doc key, id, fetch time → work/docs/part-*.parquet;
+                            the same bucketed by normalized-URL hash (work/url/), by exact-text
+                            hash (work/text/) and MinHash band keys by key (work/bands/)
+    url      (per bucket)  URL groups: the newest fetch stays
+    exact    (per bucket)  exact-text groups among URL survivors (earliest fetch, then id),
+                            and matches against earlier crawls' kept texts
     edges    (per bucket)  documents sharing a band key (this crawl and the earlier index)
     cluster  (once)        optional exact-Jaccard verification, connected components,
-                            the kept document per cluster → work/decisions.parquet
+                            the kept document per cluster
     write    (per part)    kept documents with dup_cluster / dup_cluster_size; removed rows
-    index    (per bucket)  kept documents' band keys → state/dedup/{scope}/{crawl}/{version}/
+    index    (per bucket)  kept documents' band keys and text hashes → state/dedup/{scope}/...
 
-Only the per-document metadata (a few dozen bytes a document) is ever held whole; texts
-and band keys are read part by part and bucket by bucket.
+Memory: workers hold one part or one bucket at a time (buckets are sized from the crawl).
+The parent only holds documents that have a duplicate (group members, cluster nodes and
+candidate pairs), never a table of every document, so it grows with the duplicates found,
+not with the crawl.
 """
 
 from __future__ import annotations
@@ -35,14 +39,25 @@ log = logging.getLogger(__name__)
 
 SIGN_BATCH = 2000  # documents shingled and signed at once (bounds the shingle matrix)
 KINDS = ("url", "exact", "exact_earlier_crawl", "near", "near_earlier_crawl")
-DEDUP_COLUMNS = {"dup_cluster": pl.String(), "dup_cluster_size": pl.Int64()}
 REMOVED_SCHEMA = {"id": pl.String(), "url": pl.String(), "source": pl.String(), "kind": pl.String(),
                   "dup_cluster": pl.String(), "n_chars": pl.Int64()}
+EDGES_SCHEMA = {"doc_key": pl.UInt64(), "other": pl.UInt64()}
+MEMBER_SCHEMA = {"doc_key": pl.UInt64(), "id": pl.String(), "part": pl.Int32()}
+_MASK64 = (1 << 64) - 1
 
 
 def doc_key() -> pl.Expr:
-    """64-bit key of a document: the first 16 hex digits of its id (ids are 128-bit hashes)."""
+    """64-bit key of a document: the first 16 hex digits of its id (ids are 128-bit hashes).
+
+    Ordering by doc_key is ordering by id (up to a 64-bit prefix collision), so tie-breaks use it.
+    """
     return pl.col("id").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("doc_key")
+
+
+def top_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Bucket of each 64-bit hash: its top `bits` bits."""
+    values = np.asarray(values, dtype=np.uint64)
+    return values >> np.uint64(64 - bits) if bits else np.zeros(len(values), dtype=np.uint64)
 
 
 @dataclass(frozen=True)
@@ -64,23 +79,42 @@ class Plan:
     def minhasher(self) -> MinHasher:
         return MinHasher(bands=self.bands, rows=self.rows, seed=self.config.minhash.seed)
 
-    def meta_path(self, part: int) -> str:
-        return posixpath.join(self.work_dir, "meta", f"part-{part:05d}.parquet")
+    def work(self, *parts: str) -> str:
+        return posixpath.join(self.work_dir, *parts)
 
-    def band_path(self, bucket: int, part: int) -> str:
-        return posixpath.join(self.work_dir, "bands", dedup_index.bucket_name(bucket), f"part-{part:05d}.parquet")
+    def docs_path(self, part: int) -> str:
+        return self.work("docs", f"part-{part:05d}.parquet")
 
-    def bucket_files(self, bucket: int) -> list[str]:
-        folder = posixpath.join(self.work_dir, "bands", dedup_index.bucket_name(bucket))
+    def bucket_path(self, table: str, bucket: int, part: int) -> str:
+        return self.work(table, dedup_index.bucket_name(bucket), f"part-{part:05d}.parquet")
+
+    def bucket_files(self, table: str, bucket: int) -> list[str]:
+        folder = self.work(table, dedup_index.bucket_name(bucket))
         return [posixpath.join(folder, name) for name in self.store.listdir(folder)]
 
-    @property
-    def survivors_path(self) -> str:
-        return posixpath.join(self.work_dir, "survivors.parquet")
+    def decisions_path(self, part: int) -> str:
+        return self.work("decisions", f"part-{part:05d}.parquet")
 
-    @property
-    def decisions_path(self) -> str:
-        return posixpath.join(self.work_dir, "decisions.parquet")
+    def removed_keys_path(self, phase: str) -> str:
+        """doc_keys removed up to a phase: `url`, `exact` (url + exact) or `all`."""
+        return self.work(f"removed-{phase}.parquet")
+
+    def without_removed(self, frame: pl.LazyFrame, phase: str) -> pl.LazyFrame:
+        path = self.removed_keys_path(phase)
+        if not self.store.exists(path):
+            return frame
+        return frame.join(self.store.scan_files([path]), on="doc_key", how="anti")
+
+
+def write_bucketed(plan: Plan, table: str, part: int, frame: pl.DataFrame, hashes: np.ndarray) -> int:
+    """Write one part's rows into the bucket folders of `table`, by the top bits of `hashes`."""
+    if frame.height == 0:
+        return 0
+    buckets = pl.Series("_bucket", top_bits(hashes, plan.bucket_bits))
+    for (bucket,), piece in frame.with_columns(buckets).partition_by(
+            "_bucket", as_dict=True, include_key=False, maintain_order=True).items():
+        plan.store.write_parquet(piece, plan.bucket_path(table, int(bucket), part))
+    return frame.height
 
 
 # --- sign ---------------------------------------------------------------------------------
@@ -92,28 +126,27 @@ class PartTask:
     uri: str
 
 
-def _text_hashes(texts: pl.Series, scopes: pl.Series | None) -> list[str]:
+def _text_hashes(texts: pl.Series, scopes: pl.Series | None) -> list[int]:
     # one C call per document: a stable 128-bit hash the cross-crawl index can keep.
     # NFC per document with unicodedata: its quick check returns at once on text already in NFC.
     texts = [unicodedata.normalize("NFC", text) for text in texts]
     if scopes is None:
-        return [xxhash.xxh3_128_hexdigest(text.encode()) for text in texts]
-    return [xxhash.xxh3_128_hexdigest(f"{scope}\x1f{text}".encode()) for scope, text in zip(scopes, texts)]
+        return [xxhash.xxh3_128_intdigest(text.encode()) for text in texts]
+    return [xxhash.xxh3_128_intdigest(f"{scope}\x1f{text}".encode()) for scope, text in zip(scopes, texts)]
 
 
 def sign_part(task: PartTask) -> dict[str, int]:
-    """Metadata and band keys of one raw part, computed batch by batch to bound memory."""
+    """Keys, URL and text hashes and band keys of one raw part, computed batch by batch."""
     plan, config = task.plan, task.plan.config
     frame = (
         plan.store.scan_files([task.uri])
-        .select("id", "url", "source", "fetched_at", "text", "n_chars")
-        .with_columns(doc_key(), url_norm=normalized_url())
-        .with_row_index("row")
+        .select("id", "url", "source", "fetched_at", "text")
+        .with_columns(doc_key(), url_norm=normalized_url(), part=pl.lit(task.part, dtype=pl.Int32))
         .collect()
     )
     scopes = frame["source"].fill_null("") if config.scope == "source" else None
     hasher = plan.minhasher
-    text_hashes: list[str] = []
+    text_hashes: list[int] = []
     keys_parts, docs_parts = [], []
     for start in range(0, frame.height, SIGN_BATCH):  # bounded working set whatever the part size
         batch = frame.slice(start, SIGN_BATCH)
@@ -129,73 +162,26 @@ def sign_part(task: PartTask) -> dict[str, int]:
             scope_hash = np.array([xxhash.xxh3_64_intdigest(s.encode()) for s in batch_scopes], dtype=np.uint64)[has]
         keys_parts.append(hasher.band_keys(hasher.signatures(shingles)[has], scope=scope_hash).ravel())
         docs_parts.append(np.repeat(batch["doc_key"].to_numpy()[has], plan.bands))
-    meta = frame.select(
-        "doc_key", "id", "url_norm", "fetched_at", "source", "n_chars",
-        pl.lit(task.part, dtype=pl.Int32).alias("part"), pl.col("row").cast(pl.Int32),
-    ).with_columns(text_hash=pl.Series(text_hashes, dtype=pl.String))
-    plan.store.write_parquet(meta, plan.meta_path(task.part))
+
+    documents = frame.select("doc_key", "id", "fetched_at", "part")
+    plan.store.write_parquet(documents, plan.docs_path(task.part))
+    if config.url:
+        with_url = frame.filter(pl.col("url_norm") != "").select("doc_key", "id", "fetched_at", "part", "url_norm")
+        url_hashes = np.array([xxhash.xxh3_64_intdigest(u.encode()) for u in with_url["url_norm"]], dtype=np.uint64)
+        write_bucketed(plan, "url", task.part, with_url, url_hashes)
+    # text hashes are written even without exact dedup: the index lists every kept document by them
+    high = np.array([h >> 64 for h in text_hashes], dtype=np.uint64)
+    low = np.array([h & _MASK64 for h in text_hashes], dtype=np.uint64)
+    write_bucketed(plan, "text", task.part, documents.with_columns(text_hi=high, text_lo=low), high)
     band_rows = 0
     if keys_parts:
         flat_keys, flat_docs = np.concatenate(keys_parts), np.concatenate(docs_parts)
-        buckets = (flat_keys >> np.uint64(64 - plan.bucket_bits)) if plan.bucket_bits else np.zeros_like(flat_keys)
-        order = np.argsort(buckets, kind="stable")
-        buckets, flat_keys, flat_docs = buckets[order], flat_keys[order], flat_docs[order]
-        starts = np.flatnonzero(np.diff(buckets)) + 1
-        for lo, hi in zip(np.concatenate(([0], starts)), np.concatenate((starts, [len(buckets)]))):
-            if hi > lo:
-                piece = pl.DataFrame({"key": flat_keys[lo:hi], "doc_key": flat_docs[lo:hi]})
-                plan.store.write_parquet(piece, plan.band_path(int(buckets[lo]), task.part))
-        band_rows = len(flat_keys)
+        band_rows = write_bucketed(plan, "bands", task.part, pl.DataFrame({"key": flat_keys, "doc_key": flat_docs}),
+                                   flat_keys)
     return {"documents": frame.height, "band_rows": band_rows}
 
 
-# --- resolve ------------------------------------------------------------------------------
-
-def _first_by(order: list[str], descending: list[bool]) -> pl.Expr:
-    return pl.col("doc_key").sort_by(order, descending=descending, nulls_last=True).first()
-
-
-def resolve_exact_and_url(plan: Plan, parts: int) -> pl.DataFrame:
-    """Every document with `parent` (the document it yields to, itself if kept so far) and `kind`."""
-    config = plan.config
-    meta = plan.store.scan_files([plan.meta_path(p) for p in range(parts)]).collect()
-    meta = meta.with_columns(parent=pl.col("doc_key"), parent_id=pl.col("id"), kind=pl.lit(None, dtype=pl.String))
-    if config.url:
-        keeper = _first_by(["fetched_at", "id"], [True, False]).over("url_norm")
-        meta = meta.with_columns(
-            parent=pl.when(pl.col("url_norm") != "").then(keeper).otherwise(pl.col("doc_key"))
-        ).with_columns(kind=pl.when(pl.col("parent") != pl.col("doc_key")).then(pl.lit("url")))
-    if config.exact:
-        alive = pl.col("kind").is_null()
-        keeper = _first_by(["fetched_at", "id"], [False, False]).over("text_hash")
-        survivors = meta.filter(alive).with_columns(exact_parent=keeper).select("doc_key", "exact_parent")
-        meta = meta.join(survivors, on="doc_key", how="left").with_columns(
-            parent=pl.coalesce("exact_parent", "parent"),
-        ).with_columns(
-            kind=pl.when(pl.col("kind").is_null() & (pl.col("parent") != pl.col("doc_key")))
-            .then(pl.lit("exact")).otherwise(pl.col("kind"))
-        ).drop("exact_parent")
-        earlier = dedup_index.earlier_exact(plan.store, list(plan.index_entries)) if config.cross_crawl else None
-        if earlier is not None:
-            hashes = meta.filter(pl.col("kind").is_null()).select("text_hash").unique()
-            found = (
-                earlier.join(hashes.lazy(), on="text_hash", how="semi")
-                .sort("doc_key").group_by("text_hash").agg(pl.col("doc_key").first().alias("earlier_key"),
-                                                           pl.col("id").first().alias("earlier_id"))
-                .collect()
-            )
-            meta = meta.join(found, on="text_hash", how="left").with_columns(
-                hit=pl.col("kind").is_null() & pl.col("earlier_key").is_not_null()
-            ).with_columns(
-                parent=pl.when("hit").then(pl.col("earlier_key")).otherwise(pl.col("parent")),
-                parent_id=pl.when("hit").then(pl.col("earlier_id")).otherwise(pl.lit(None, dtype=pl.String)),
-                kind=pl.when("hit").then(pl.lit("exact_earlier_crawl")).otherwise(pl.col("kind")),
-            ).drop("earlier_key", "earlier_id", "hit")
-    return meta.with_columns(pl.when(pl.col("kind") != "exact_earlier_crawl").then(None)
-                             .otherwise(pl.col("parent_id")).alias("parent_id"))
-
-
-# --- edges --------------------------------------------------------------------------------
+# --- url and exact ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class BucketTask:
@@ -203,20 +189,72 @@ class BucketTask:
     bucket: int
 
 
+def _first_by(order: list[str], descending: list[bool], group: list[str]) -> pl.Expr:
+    return pl.col("doc_key").sort_by(order, descending=descending, nulls_last=True).first().over(group)
+
+
+def url_groups(task: BucketTask) -> pl.DataFrame:
+    """Members of one bucket's URL groups with more than one fetch, each with the newest fetch."""
+    plan = task.plan
+    files = plan.bucket_files("url", task.bucket)
+    if not files:
+        return pl.DataFrame(schema=MEMBER_SCHEMA | {"url_parent": pl.UInt64()})
+    frame = plan.store.scan_files(files).collect()
+    return frame.filter(pl.len().over("url_norm") > 1).select(
+        *MEMBER_SCHEMA, url_parent=_first_by(["fetched_at", "doc_key"], [True, False], ["url_norm"]))
+
+
+def exact_groups(task: BucketTask) -> pl.DataFrame:
+    """Members of one bucket's exact-text groups (URL survivors only), and earlier crawls' matches.
+
+    A group's earliest fetch stays unless an earlier crawl kept the same text; the others
+    yield to it (`exact`), it yields to the earlier crawl's document (`exact_earlier_crawl`).
+    """
+    plan, store = task.plan, task.plan.store
+    empty = pl.DataFrame(schema=MEMBER_SCHEMA | {"exact_parent": pl.UInt64(), "exact_kind": pl.String(),
+                                                 "parent_id": pl.String()})
+    files = plan.bucket_files("text", task.bucket)
+    if not files:
+        return empty
+    frame = plan.without_removed(store.scan_files(files), "url").collect()
+    text = ["text_hi", "text_lo"]
+    frame = frame.with_columns(keeper=_first_by(["fetched_at", "doc_key"], [False, False], text),
+                               group_size=pl.len().over(text))
+    earlier = None
+    if plan.config.cross_crawl and plan.index_entries:
+        earlier = dedup_index.earlier_exact(store, list(plan.index_entries), task.bucket, plan.bucket_bits)
+    if earlier is not None:
+        found = (earlier.join(frame.select(text).unique().lazy(), on=text, how="semi")
+                 .sort("doc_key").group_by(text).agg(earlier_key=pl.col("doc_key").first(),
+                                                     earlier_id=pl.col("id").first())
+                 .collect())
+        frame = frame.join(found, on=text, how="left")
+    else:
+        frame = frame.with_columns(earlier_key=pl.lit(None, dtype=pl.UInt64), earlier_id=pl.lit(None, dtype=pl.String))
+    yields = pl.col("keeper") != pl.col("doc_key")
+    to_earlier = ~yields & pl.col("earlier_key").is_not_null()
+    return frame.filter((pl.col("group_size") > 1) | pl.col("earlier_key").is_not_null()).select(
+        *MEMBER_SCHEMA,
+        exact_parent=pl.when(yields).then("keeper").when(to_earlier).then("earlier_key").otherwise("doc_key"),
+        exact_kind=pl.when(yields).then(pl.lit("exact")).when(to_earlier).then(pl.lit("exact_earlier_crawl")),
+        parent_id=pl.when(to_earlier).then("earlier_id"),
+    )
+
+
+# --- edges --------------------------------------------------------------------------------
+
 def bucket_edges(task: BucketTask) -> pl.DataFrame:
     """Pairs (doc_key, other) of documents sharing a band key, each group as a star."""
     plan, store = task.plan, task.plan.store
     frames = []
-    files = plan.bucket_files(task.bucket)
+    files = plan.bucket_files("bands", task.bucket)
     if files:
-        survivors = store.scan_files([plan.survivors_path])
-        frames.append(store.scan_files(files).join(survivors, on="doc_key", how="semi")
-                      .with_columns(earlier=pl.lit(False)))
+        frames.append(plan.without_removed(store.scan_files(files), "exact").with_columns(earlier=pl.lit(False)))
     if plan.config.cross_crawl and plan.index_entries:
         earlier = dedup_index.earlier_band_keys(store, list(plan.index_entries), task.bucket, plan.bucket_bits)
         if earlier is not None:
             frames.append(earlier.select("key", "doc_key").with_columns(earlier=pl.lit(True)))
-    empty = pl.DataFrame(schema={"doc_key": pl.UInt64, "other": pl.UInt64})
+    empty = pl.DataFrame(schema=EDGES_SCHEMA)
     if not frames:
         return empty
     groups = (
@@ -272,44 +310,72 @@ def components(edges: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame({"doc_key": nodes, "component": labels.astype(np.int64)})
 
 
-def cluster(plan: Plan, resolved: pl.DataFrame, edges: pl.DataFrame, texts: pl.DataFrame | None) -> pl.DataFrame:
-    """Apply near-duplicate clusters to the resolved table; sets parent/kind of removed documents."""
-    current = resolved.select("doc_key", "id", "fetched_at")
+def documents_by_key(plan: Plan, parts: int, keys: pl.Series) -> pl.DataFrame:
+    """doc_key, id, fetched_at, part of this crawl's documents among `keys` (streamed, not loaded whole)."""
+    wanted = pl.DataFrame({"doc_key": keys.unique()}).lazy()
+    files = [plan.docs_path(p) for p in range(parts)]
+    return plan.store.scan_files(files).join(wanted, on="doc_key", how="semi").collect(engine="streaming")
+
+
+def near_clusters(plan: Plan, edges: pl.DataFrame, nodes: pl.DataFrame, texts: pl.DataFrame | None) -> pl.DataFrame:
+    """This crawl's cluster members with the document each yields to (`near_parent`, `near_kind`).
+
+    `nodes` holds this crawl's documents among the edges' ends; the other ends are earlier
+    crawls' kept documents. A cluster touching an earlier crawl yields to it entirely.
+    """
+    empty = pl.DataFrame(schema=MEMBER_SCHEMA | {"near_parent": pl.UInt64(), "near_kind": pl.String()})
     if plan.config.minhash.verify_jaccard and edges.height:
-        both_current = edges.join(current.select("doc_key"), on="doc_key", how="semi").join(
-            current.select(pl.col("doc_key").alias("other")), on="other", how="semi")
+        current = nodes.select("doc_key")
+        both_current = edges.join(current, on="doc_key", how="semi").join(
+            current.rename({"doc_key": "other"}), on="other", how="semi")
         cross = edges.join(both_current, on=["doc_key", "other"], how="anti")
         edges = pl.concat([verify_pairs(plan, both_current, texts, plan.config.minhash.verify_jaccard), cross])
     if edges.height == 0:
-        return resolved
-    labelled = components(edges).join(current, on="doc_key", how="left")
-    nodes = labelled.filter(pl.col("id").is_not_null())  # this crawl's documents; the rest are earlier crawls'
-    keeper = (nodes.sort(["fetched_at", "id"], nulls_last=True).group_by("component", maintain_order=True)
+        return empty
+    labelled = components(edges).join(nodes, on="doc_key", how="left")
+    current = labelled.filter(pl.col("id").is_not_null())
+    keeper = (current.sort(["fetched_at", "doc_key"], nulls_last=True).group_by("component", maintain_order=True)
               .first().select("component", keeper="doc_key"))
     earlier = labelled.filter(pl.col("id").is_null()).group_by("component").agg(earlier=pl.col("doc_key").min())
-    keepers = nodes.join(keeper, on="component").join(earlier, on="component", how="left").select(
-        "doc_key",
+    return current.join(keeper, on="component").join(earlier, on="component", how="left").select(
+        *MEMBER_SCHEMA,
         near_parent=pl.coalesce("earlier", "keeper"),
         near_kind=pl.when(pl.col("earlier").is_not_null()).then(pl.lit("near_earlier_crawl"))
         .when(pl.col("keeper") != pl.col("doc_key")).then(pl.lit("near")),
     )
-    out = resolved.join(keepers, on="doc_key", how="left").with_columns(
-        hit=pl.col("kind").is_null() & pl.col("near_kind").is_not_null()
-    ).with_columns(
-        parent=pl.when("hit").then(pl.col("near_parent")).otherwise(pl.col("parent")),
-        kind=pl.when("hit").then(pl.col("near_kind")).otherwise(pl.col("kind")),
-    ).drop("near_parent", "near_kind", "hit")
-    return out
+
+
+def combine(url: pl.DataFrame, exact: pl.DataFrame, near: pl.DataFrame) -> pl.DataFrame:
+    """One row per document with a duplicate: `parent` (the document it yields to) and `kind`.
+
+    Phases see only the previous phases' survivors, so a document has at most one kind;
+    a group's kept document has none and is its own parent.
+    """
+    members = pl.concat([url.select(*MEMBER_SCHEMA), exact.select(*MEMBER_SCHEMA), near.select(*MEMBER_SCHEMA)])
+    url_removed = pl.col("url_parent").is_not_null() & (pl.col("url_parent") != pl.col("doc_key"))
+    return (
+        members.unique("doc_key", keep="first", maintain_order=True)
+        .join(url.select("doc_key", "url_parent"), on="doc_key", how="left")
+        .join(exact.select("doc_key", "exact_parent", "exact_kind", "parent_id"), on="doc_key", how="left")
+        .join(near.select("doc_key", "near_parent", "near_kind"), on="doc_key", how="left")
+        .select(
+            *MEMBER_SCHEMA, "parent_id",
+            parent=pl.when(url_removed).then("url_parent").when(pl.col("exact_kind").is_not_null())
+            .then("exact_parent").when(pl.col("near_kind").is_not_null()).then("near_parent")
+            .otherwise("doc_key"),
+            kind=pl.when(url_removed).then(pl.lit("url")).otherwise(pl.coalesce("exact_kind", "near_kind")),
+        )
+    )
 
 
 def earlier_ids(store: Store, entries: list[dedup_index.IndexEntry], keys: pl.Series) -> pl.DataFrame:
-    """ids of earlier-crawl documents by doc_key (from the index's exact table, which lists every kept doc)."""
+    """ids of earlier-crawl documents by doc_key (from the index's exact tables, which list every kept doc)."""
     exact = dedup_index.earlier_exact(store, entries)
     if exact is None or keys.len() == 0:
         return pl.DataFrame(schema={"doc_key": pl.UInt64, "earlier_id": pl.String})
     wanted = pl.DataFrame({"doc_key": keys}).lazy()
     return (exact.join(wanted, on="doc_key", how="semi").group_by("doc_key")
-            .agg(pl.col("id").first().alias("earlier_id")).collect())
+            .agg(pl.col("id").first().alias("earlier_id")).collect(engine="streaming"))
 
 
 def finalize(plan: Plan, table: pl.DataFrame) -> pl.DataFrame:
@@ -341,13 +407,22 @@ class WriteTask:
 
 
 def write_part(task: WriteTask) -> tuple[PartInfo | None, PartInfo | None, int]:
-    """Kept documents of one raw part with their cluster columns, and its removed rows."""
+    """Kept documents of one raw part with their cluster columns, and its removed rows.
+
+    Only documents with a duplicate have a decision row; the rest are kept in a cluster of one.
+    """
     plan, store = task.plan, task.plan.store
-    decisions = store.scan_files([plan.decisions_path]).filter(pl.col("part") == task.part).select(
-        "row", "kind", "dup_cluster", "dup_cluster_size").collect()
-    frame = store.scan_files([task.uri]).with_row_index("row").collect().with_columns(pl.col("row").cast(pl.Int32))
-    frame = frame.join(decisions, on="row", how="left", maintain_order="left")
-    kept = frame.filter(pl.col("kind").is_null()).drop("row", "kind")
+    frame = store.scan_files([task.uri]).with_columns(doc_key()).collect()
+    decisions_path = plan.decisions_path(task.part)
+    if store.exists(decisions_path):
+        decisions = store.scan_files([decisions_path]).select("doc_key", "kind", "dup_cluster", "dup_cluster_size")
+        frame = frame.join(decisions.collect(), on="doc_key", how="left", maintain_order="left")
+    else:
+        frame = frame.with_columns(kind=pl.lit(None, dtype=pl.String), dup_cluster=pl.lit(None, dtype=pl.String),
+                                   dup_cluster_size=pl.lit(None, dtype=pl.Int64))
+    frame = frame.with_columns(dup_cluster=pl.coalesce("dup_cluster", "id"),
+                               dup_cluster_size=pl.col("dup_cluster_size").fill_null(1))
+    kept = frame.filter(pl.col("kind").is_null()).drop("doc_key", "kind")
     removed = frame.filter(pl.col("kind").is_not_null()).select(list(REMOVED_SCHEMA))
     kept_part = store.write_parquet(kept, posixpath.join(plan.version_dir, f"part-{task.part:05d}.parquet")) \
         if kept.height else None
@@ -359,14 +434,18 @@ def write_part(task: WriteTask) -> tuple[PartInfo | None, PartInfo | None, int]:
 # --- index --------------------------------------------------------------------------------
 
 def write_index_bucket(task: BucketTask) -> int:
-    """This crawl's kept documents' band keys for one bucket, into the persistent index."""
+    """This crawl's kept documents' band keys and text hashes for one bucket, into the persistent index."""
     plan, store = task.plan, task.plan.store
-    files = plan.bucket_files(task.bucket)
-    if not files:
-        return 0
-    kept = store.scan_files([plan.decisions_path]).filter(pl.col("kind").is_null()).select("doc_key")
-    keys = store.scan_files(files).join(kept, on="doc_key", how="semi").sort("key", "doc_key").collect()
-    if keys.height:
-        path = posixpath.join(plan.index_dir, "bands", f"{dedup_index.bucket_name(task.bucket)}.parquet")
-        store.write_parquet(keys, path)
-    return keys.height
+    written = 0
+    for table, folder, columns, order in (("bands", "bands", ["key", "doc_key"], ["key", "doc_key"]),
+                                          ("text", "exact", ["text_hi", "text_lo", "doc_key", "id"],
+                                           ["text_hi", "text_lo", "doc_key"])):
+        files = plan.bucket_files(table, task.bucket)
+        if not files:
+            continue
+        kept = plan.without_removed(store.scan_files(files), "all").select(columns).sort(order).collect()
+        if kept.height:
+            store.write_parquet(kept, posixpath.join(plan.index_dir, folder,
+                                                     f"{dedup_index.bucket_name(task.bucket)}.parquet"))
+        written += kept.height
+    return written

@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("--crawl", default="bench")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ngram", type=int, default=5)
+    parser.add_argument("--tokens", default="words_and_punctuation", choices=["words", "words_and_punctuation"])
     parser.add_argument("--bands", type=int, default=14)
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--out", help="export: assignments Parquet file")
@@ -67,7 +68,8 @@ def main() -> int:
             result = raw(store=store, crawl=args.crawl, config=RawConfig(), executor=executor)
         else:
             raw_manifest = store.latest("raw", args.crawl)
-            config = DedupConfig(minhash=MinHashConfig(ngram=args.ngram, bands=args.bands, rows=args.rows))
+            config = DedupConfig(minhash=MinHashConfig(ngram=args.ngram, tokens=args.tokens, bands=args.bands,
+                                                         rows=args.rows))
             result = deduped(store=store, crawl=args.crawl, raw_version=raw_manifest.version, config=config,
                              executor=executor)
     finally:

@@ -12,7 +12,11 @@ from typing import IO
 
 
 class TreeMonitor(threading.Thread):
-    """Polls a process and all its descendants; keeps the peak of summed RSS and PSS."""
+    """Polls a process and all its descendants; keeps the peak of summed RSS and PSS.
+
+    Also the peak RSS of the root alone (a coordinating parent) and of the largest descendant
+    (a worker), which tell apart memory that grows with the input from bounded per-task memory.
+    """
 
     def __init__(self, pid: int, interval: float) -> None:
         super().__init__(daemon=True)
@@ -21,7 +25,7 @@ class TreeMonitor(threading.Thread):
         self.psutil = psutil
         self.root = psutil.Process(pid)
         self.interval = interval
-        self.peak_rss = self.peak_pss = self.peak_single_rss = 0
+        self.peak_rss = self.peak_pss = self.peak_single_rss = self.peak_root_rss = self.peak_child_rss = 0
         self.peak_processes = self.samples = 0
         self.cpu: dict[tuple[int, float], float] = {}
         self.done = threading.Event()
@@ -45,6 +49,10 @@ class TreeMonitor(threading.Thread):
                 rss += info.rss
                 pss += getattr(info, "pss", info.rss)
                 self.peak_single_rss = max(self.peak_single_rss, info.rss)
+                if proc.pid == self.root.pid:
+                    self.peak_root_rss = max(self.peak_root_rss, info.rss)
+                else:
+                    self.peak_child_rss = max(self.peak_child_rss, info.rss)
                 self.cpu[key] = times.user + times.system
                 alive += 1
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)

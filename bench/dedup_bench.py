@@ -6,8 +6,12 @@ reordered, truncated and mixed copies with ground-truth clusters; 20% of documen
 copies), then runs each system on the same JSONL landing files as a child process:
 
     textmill    .venv/bin/python bench/_dedup_textmill.py raw|dedup  (raw ingestion, then the
-                deduped stage: URL + exact + MinHash-LSH, 5-gram shingles, 14 bands x 8 rows,
+                deduped stage: URL + exact + MinHash-LSH, 5-gram shingles of words and
+                punctuation marks (the default minhash.tokens), 14 bands x 8 rows,
                 64-bit hashes; LocalProcessExecutor(workers=W))
+    textmill-words  the same deduped stage on textmill's raw version with minhash.tokens=words
+                (punctuation dropped, as datatrove/FineWeb) instead of the default
+                words_and_punctuation
     datatrove   .venv-bench/bin/python bench/_dedup_datatrove.py run  (MinhashDedupSignature,
                 -Buckets, -Cluster, -Filter; MinhashConfig(n_grams=5, num_buckets=14,
                 hashes_per_bucket=8, precision 64); LocalPipelineExecutor(workers=W))
@@ -66,9 +70,9 @@ from pathlib import Path
 from _procmon import machine, run_monitored  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
-PYTHONS = {"textmill": REPO / ".venv/bin/python", "datatrove": REPO / ".venv-bench/bin/python",
+PYTHONS = {"textmill": REPO / ".venv/bin/python", "textmill-words": REPO / ".venv/bin/python", "datatrove": REPO / ".venv-bench/bin/python",
            "textdedup": REPO / ".venv-textdedup/bin/python"}
-SCRIPTS = {"textmill": "bench/_dedup_textmill.py", "datatrove": "bench/_dedup_datatrove.py",
+SCRIPTS = {"textmill": "bench/_dedup_textmill.py", "textmill-words": "bench/_dedup_textmill.py", "datatrove": "bench/_dedup_datatrove.py",
            "textdedup": "bench/_dedup_textdedup.py"}
 KIND_ORDER = ("exact", "edit", "reorder", "truncate", "mixed")
 
@@ -101,6 +105,8 @@ def run_child(command: list[str], *, log: Path, interval: float, timeout: float)
         "peak_rss_sum_mib": round(monitor.peak_rss / 2**20, 1),
         "peak_pss_sum_mib": round(monitor.peak_pss / 2**20, 1),
         "peak_single_rss_mib": round(monitor.peak_single_rss / 2**20, 1),
+        "peak_parent_rss_mib": round(monitor.peak_root_rss / 2**20, 1),
+        "peak_worker_rss_mib": round(monitor.peak_child_rss / 2**20, 1),
         "peak_processes": monitor.peak_processes,
         "monitor_samples": monitor.samples,
         "load_average_before": [round(x, 2) for x in load],
@@ -182,6 +188,15 @@ def run_system(system: str, corpus: Path, work: Path, args, log: Path) -> list[d
     python, script = PYTHONS[system], SCRIPTS[system]
     timeout = args.timeout_minutes * 60
     common = ["--workers", str(args.workers)]
+    if system == "textmill-words":  # the same raw version as "textmill", other tokens: dedup only
+        work = work.parent / "textmill"
+        tokens = ["--tokens", "words"]
+        dedup = run_child([python, script, "dedup", "--root", work, *common, *tokens], log=log, interval=args.poll,
+                          timeout=timeout)
+        print(f"    textmill dedup (tokens=words): {dedup['wall_seconds']:.1f} s", file=sys.stderr)
+        export = run_export([python, script, "export", "--root", work, "--out", work / "assignments.parquet"],
+                            log=log)
+        return [("textmill dedup, tokens=words", dedup, export, True)]
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -308,15 +323,17 @@ def tables(results: dict) -> str:
     textmill = [r for r in results["runs"] if r["system"] == "textmill dedup" and r.get("status") == "ok"]
     if textmill:
         lines += ["", "textmill dedup stage: phase seconds and memory by size:", "",
-                  "| docs | sign | resolve | edges | cluster | write | index | stage wall | peak RSS tree MiB | "
-                  "peak PSS MiB | largest process RSS MiB |", "|---:|" + "---:|" * 10]
+                  "| docs | sign | url | exact | edges | cluster | write | index | stage wall | peak RSS tree MiB | "
+                  "peak PSS MiB | parent peak RSS MiB | largest worker peak RSS MiB |", "|---:|" + "---:|" * 12]
         for r in textmill:
             tm = (r["measured"].get("child") or {}).get("timings", {})
             m = r["measured"]
             lines.append(f"| {r['docs']:,} | " + " | ".join(
-                fmt(tm.get(f"{k}_seconds"), ".1f") for k in ("sign", "resolve", "edges", "cluster", "write", "index"))
+                fmt(tm.get(f"{k}_seconds"), ".1f")
+                for k in ("sign", "url", "exact", "edges", "cluster", "write", "index"))
                 + f" | {fmt(tm.get('wall_seconds'), '.1f')} | {m['peak_rss_sum_mib']:,.0f} | "
-                  f"{m['peak_pss_sum_mib']:,.0f} | {m['peak_single_rss_mib']:,.0f} |")
+                  f"{m['peak_pss_sum_mib']:,.0f} | {fmt(m.get('peak_parent_rss_mib'))} | "
+                  f"{fmt(m.get('peak_worker_rss_mib'))} |")
     mrpc = results.get("mrpc")
     if mrpc:
         lines += ["", f"MRPC ({mrpc['pairs']:,} pairs, {mrpc['positive']:,} paraphrases): textmill MinHash "
@@ -344,14 +361,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000, 1000000])
-    parser.add_argument("--systems", nargs="+", choices=["textmill", "datatrove", "textdedup"],
-                        default=["textmill", "datatrove", "textdedup"])
+    parser.add_argument("--systems", nargs="+", choices=["textmill", "textmill-words", "datatrove", "textdedup"],
+                        default=["textmill", "textmill-words", "datatrove", "textdedup"],
+                        help="textmill-words: textmill with minhash.tokens=words on textmill's raw version "
+                             "(run after textmill)")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--corpora", default="/tmp/dedup-bench/corpus", help="corpus-{size}/ folders (reused)")
     parser.add_argument("--work", default="/tmp/dedup-bench/runs", help="per-run working folders")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="skip a peer estimated to take longer")
-    parser.add_argument("--budget-exempt", nargs="*", default=["textmill"])
+    parser.add_argument("--budget-exempt", nargs="*", default=["textmill", "textmill-words"])
     parser.add_argument("--estimate-from", help="earlier results JSON to estimate run times from")
     parser.add_argument("--timeout-minutes", type=float, default=90.0)
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between process-tree samples")
@@ -406,7 +425,8 @@ def main() -> int:
             "distinctness_check", "pool", "seconds", "shards")}
         truth = load_truth(corpus)
         for system in args.systems:
-            name = {"textmill": "textmill", "datatrove": "datatrove", "textdedup": "text-dedup"}[system]
+            name = {"textmill": "textmill", "textmill-words": "textmill (tokens=words)", "datatrove": "datatrove",
+                    "textdedup": "text-dedup"}[system]
             if system in last_wall and system not in args.budget_exempt:
                 docs_before, wall_before = last_wall[system]
                 estimate = wall_before * size / docs_before * 1.15 / 60
@@ -421,6 +441,8 @@ def main() -> int:
             work = Path(args.work) / f"{size}" / system
             try:
                 rows = run_system(system, corpus, work, args, log)
+                if system == "textmill-words":
+                    work = work.parent / "textmill"
             except Exception as exc:  # noqa: BLE001 - report and go on with the other systems
                 print(f"  {name} @ {size}: FAILED {exc}", file=sys.stderr)
                 results["runs"].append({"system": name, "docs": size, "status": f"failed: {str(exc)[:2000]}"})
@@ -438,7 +460,7 @@ def main() -> int:
                 if label in ("textmill raw+dedup", "datatrove", "text-dedup"):
                     last_wall[system] = (size, measured["wall_seconds"])
             save()
-            if not args.keep:
+            if not args.keep and not (system == "textmill" and "textmill-words" in args.systems):
                 shutil.rmtree(work, ignore_errors=True)
         print(tables(results), file=sys.stderr)
 

@@ -72,7 +72,11 @@ class RawConfig(_Strict):
 class MinHashConfig(_Strict):
     """Near-duplicate detection: word n-gram shingles, MinHash signatures, LSH bands."""
 
-    ngram: int = Field(default=5, ge=1, le=32, description="words per shingle")
+    ngram: int = Field(default=5, ge=1, le=32, description="tokens per shingle")
+    tokens: Literal["words", "words_and_punctuation"] = Field(
+        default="words_and_punctuation",
+        description="shingle tokens: words and punctuation marks (higher recall of edited copies at equal "
+                    "precision, docs/performance.md), or words only (as datatrove/FineWeb)")
     bands: int = Field(default=14, ge=1, description="LSH bands (14 × 8, as FineWeb)")
     rows: int = Field(default=8, ge=1, description="signature rows per band")
     threshold: float | None = Field(default=None, gt=0.0, lt=1.0,

@@ -177,7 +177,7 @@ def dedup_scope_key(config: DedupConfig) -> str:
     """Identity of the cross-crawl index: only versions with the same hashing share one."""
     bands, rows = config.minhash.bands_rows()
     return content_version(stage="dedup-index", code_version=CODE_VERSIONS["deduped"], inputs=[], config={
-        "ngram": config.minhash.ngram, "bands": bands, "rows": rows, "seed": config.minhash.seed,
+        "ngram": config.minhash.ngram, "tokens": config.minhash.tokens, "bands": bands, "rows": rows, "seed": config.minhash.seed,
         "scope": config.scope, "case_fold": config.case_fold,
     })
 

@@ -22,6 +22,9 @@ import pyarrow.compute as pc
 # Scripts written without spaces: each character is a token, so shingles work for them too.
 _NO_SPACE_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
 TOKEN_PATTERN = rf"[{_NO_SPACE_SCRIPTS}]|[\w--{_NO_SPACE_SCRIPTS}]+"
+# the same, plus each punctuation or symbol character as a token of its own (as word tokenizers emit them)
+PUNCTUATION_TOKEN_PATTERN = rf"{TOKEN_PATTERN}|[^\w\s]"
+TOKEN_PATTERNS = {"words": TOKEN_PATTERN, "words_and_punctuation": PUNCTUATION_TOKEN_PATTERN}
 
 _BASE = np.uint64(0x100000001B3)  # odd multiplier of the byte polynomial
 _MASK64 = (1 << 64) - 1
@@ -87,14 +90,18 @@ class Shingles:
         return np.diff(self.offsets)
 
 
-def tokenize(texts: pl.Series) -> pl.Series:
-    """Lower-cased word tokens of each text (one token per character for unspaced scripts)."""
-    return texts.fill_null("").str.to_lowercase().str.extract_all(TOKEN_PATTERN)
+def tokenize(texts: pl.Series, *, tokens: str = "words_and_punctuation") -> pl.Series:
+    """Lower-cased tokens of each text (one token per character for unspaced scripts).
+
+    `words` keeps words only (as FineWeb/datatrove); `words_and_punctuation` also keeps each
+    punctuation mark, so an edited word breaks shingles spanning fewer real words.
+    """
+    return texts.fill_null("").str.to_lowercase().str.extract_all(TOKEN_PATTERNS[tokens])
 
 
-def shingle_hashes(texts: pl.Series, *, ngram: int) -> Shingles:
-    """Hashes of the word n-grams of each text; a text shorter than n words is one shingle."""
-    tokens = tokenize(texts)
+def shingle_hashes(texts: pl.Series, *, ngram: int, tokens: str = "words_and_punctuation") -> Shingles:
+    """Hashes of the token n-grams of each text; a text shorter than n tokens is one shingle."""
+    tokens = tokenize(texts, tokens=tokens)
     counts = tokens.list.len().fill_null(0).to_numpy().astype(np.int64)
     flat = tokens.explode().drop_nulls().to_arrow()
     # hash each distinct token once (a batch repeats its vocabulary many times over)

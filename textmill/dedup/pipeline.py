@@ -155,7 +155,7 @@ def sign_part(task: PartTask) -> dict[str, int]:
         text_hashes += _text_hashes(normalized, batch_scopes)
         if not config.near:
             continue
-        shingles = shingle_hashes(batch["text"], ngram=config.minhash.ngram)
+        shingles = shingle_hashes(batch["text"], ngram=config.minhash.ngram, tokens=config.minhash.tokens)
         has = shingles.counts > 0
         scope_hash = None
         if batch_scopes is not None:
@@ -277,7 +277,8 @@ def bucket_edges(task: BucketTask) -> pl.DataFrame:
 
 def verify_pairs(plan: Plan, edges: pl.DataFrame, texts: pl.DataFrame, threshold: float) -> pl.DataFrame:
     """Keep the pairs whose exact Jaccard similarity of shingle sets reaches the threshold."""
-    shingles = shingle_hashes(texts["text"], ngram=plan.config.minhash.ngram)
+    shingles = shingle_hashes(texts["text"], ngram=plan.config.minhash.ngram,
+                              tokens=plan.config.minhash.tokens)
     long = pl.DataFrame({
         "doc_key": np.repeat(texts["doc_key"].to_numpy(), shingles.counts),
         "shingle": shingles.values,

@@ -214,3 +214,39 @@ def test_documents_without_word_tokens_only_meet_exact_dedup(tmp_path):
     assert result.manifest.statistics["removed_by_kind"]["near"] == 0  # no shingles: never a near duplicate
     assert sorted(store.scan(result.manifest).collect()["url"]) == [
         "https://p.example/1", "https://p.example/3", "https://p.example/4"]
+
+
+@pytest.mark.parametrize("buckets", [(8, 1), (1, 8)])
+def test_earlier_crawl_bucketed_differently_is_still_found(tmp_path, corpus, buckets):
+    """Index entries written with other bucket bits map onto this run's buckets by key range."""
+    first_buckets, second_buckets = buckets
+    rng = random.Random(5)
+    store = Store(str(tmp_path))
+    write_crawl(tmp_path, "c1", corpus["docs"])
+    run(store, "c1", DedupConfig(minhash=MinHashConfig(buckets=first_buckets)))
+    texts = corpus["texts"]
+    write_crawl(tmp_path, "c2", [
+        {"id": "x", "url": "https://x.example/a", "text": texts[12]},
+        {"id": "y", "url": "https://x.example/b", "text": edit_words(texts[13], rng, share=0.01)},
+        {"id": "z", "url": "https://x.example/c", "text": "Entirely fresh prose about mountain huts. " * 15},
+    ])
+    second = run(store, "c2", DedupConfig(minhash=MinHashConfig(buckets=second_buckets)))
+    kinds = dict(removed(store, second).select("url", "kind").iter_rows())
+    assert kinds == {"https://x.example/a": "exact_earlier_crawl", "https://x.example/b": "near_earlier_crawl"}
+
+
+def test_punctuation_tokens_make_shorter_shingles():
+    text = pl.Series(["Well, yes: it works. Does it? Yes!"])
+    words = shingle_hashes(text, ngram=2, tokens="words")
+    both = shingle_hashes(text, ngram=2, tokens="words_and_punctuation")
+    assert words.counts.tolist() == [6]  # 7 words
+    assert both.counts.tolist() == [11]  # 7 words + 5 marks
+    # an edited word breaks fewer shingles when punctuation marks carry part of the context
+    base = "Alpha beta, gamma delta. Epsilon zeta, eta theta. Iota kappa, lambda mu."
+    edited = base.replace("gamma", "GAMMAX")
+
+    def jaccard(tokens: str) -> float:
+        left, right = (set(shingle_hashes(pl.Series([t]), ngram=5, tokens=tokens).values) for t in (base, edited))
+        return len(left & right) / len(left | right)
+
+    assert jaccard("words_and_punctuation") > jaccard("words")

@@ -1,0 +1,187 @@
+"""Gopher quality and repetition signals (Rae et al. 2021, appendix A) and their rules.
+
+Signals are computed the way datatrove computes them, so that its thresholds keep their
+meaning: words are spaCy-English-like tokens (textmill.filters.tokenize), a "word" for the
+length rules is a token with a character outside the punctuation set, lines are
+`str.splitlines()` lines, paragraphs are split at two or more newlines.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from textmill.filters.batch import ROW, Batch, first_occurrence, ratio, splitlines
+from textmill.filters.config import GopherQualityRules, GopherRepetitionRules
+
+Rules = list[tuple[str, pl.Expr]]
+
+
+# --- quality ------------------------------------------------------------------------------
+
+def gopher_quality_signals(batch: Batch, rules: GopherQualityRules) -> pl.DataFrame:
+    """gq_words, gq_mean_word_length, gq_hash_ratio, gq_ellipsis_ratio, gq_bullet_lines_ratio,
+    gq_ellipsis_lines_ratio, gq_alpha_words_ratio, gq_stop_words."""
+    per_doc = batch.tokens.group_by(ROW).agg(
+        n_tokens=pl.len(),
+        words=pl.col("word").sum(),
+        word_chars=pl.col("len").filter(pl.col("word")).sum(),
+        alpha=pl.col("alpha").sum(),
+        stop=pl.col("stop").drop_nulls().n_unique(),
+    )
+    counts = batch.align(per_doc, {"n_tokens": 0, "words": 0, "word_chars": 0, "alpha": 0, "stop": 0})
+    text = pl.col("text")
+    lines = splitlines(text)
+    line_counts = batch.docs.select(
+        hashes=text.str.count_matches("#", literal=True),
+        ellipses=text.str.count_matches("...", literal=True) + text.str.count_matches("…", literal=True),
+        lines=lines.list.len(),
+        bullets=lines.list.eval(pl.element().str.contains(r"^\s*[•\-]")).list.sum(),
+        end_ellipsis=lines.list.eval(pl.element().str.contains(r"(?:\.\.\.|…)\s*$")).list.sum(),
+    )
+    both = pl.concat([counts, line_counts], how="horizontal")
+    n = pl.col("n_tokens")
+    return both.select(
+        gq_words=pl.col("words").cast(pl.Int64),
+        gq_mean_word_length=pl.when(pl.col("words") > 0).then(
+            pl.col("word_chars").cast(pl.Float64) / pl.col("words")).otherwise(None),
+        gq_hash_ratio=ratio(pl.col("hashes"), n),
+        gq_ellipsis_ratio=ratio(pl.col("ellipses"), n),
+        gq_bullet_lines_ratio=ratio(pl.col("bullets"), pl.col("lines")),
+        gq_ellipsis_lines_ratio=ratio(pl.col("end_ellipsis"), pl.col("lines")),
+        gq_alpha_words_ratio=ratio(pl.col("alpha"), n),
+        gq_stop_words=pl.col("stop").cast(pl.Int64),
+    )
+
+
+def gopher_quality_rules(rules: GopherQualityRules) -> Rules:
+    """In datatrove's order; a rule whose threshold is None is skipped."""
+    out: Rules = []
+    mean = pl.col("gq_mean_word_length")
+    for name, threshold, fails in (
+        ("min_doc_words", rules.min_doc_words, lambda t: pl.col("gq_words") < t),
+        ("max_doc_words", rules.max_doc_words, lambda t: pl.col("gq_words") > t),
+        ("min_avg_word_length", rules.min_avg_word_length, lambda t: (mean < t).fill_null(False)),
+        ("max_avg_word_length", rules.max_avg_word_length, lambda t: (mean > t).fill_null(False)),
+        ("hash_ratio", rules.max_symbol_word_ratio, lambda t: pl.col("gq_hash_ratio") > t),
+        ("ellipsis_ratio", rules.max_symbol_word_ratio, lambda t: pl.col("gq_ellipsis_ratio") > t),
+        ("bullet_lines", rules.max_bullet_lines_ratio, lambda t: pl.col("gq_bullet_lines_ratio") > t),
+        ("ellipsis_lines", rules.max_ellipsis_lines_ratio, lambda t: pl.col("gq_ellipsis_lines_ratio") > t),
+        ("alpha_words", rules.min_alpha_words_ratio, lambda t: pl.col("gq_alpha_words_ratio") < t),
+        ("stop_words", rules.min_stop_words, lambda t: pl.col("gq_stop_words") < t),
+    ):
+        if threshold is not None:
+            out.append((name, fails(threshold)))
+    return out
+
+
+# --- repetition ---------------------------------------------------------------------------
+
+def _duplicates(parts: pl.DataFrame, batch: Batch, prefix: str) -> pl.DataFrame:
+    """Per document: number of parts, parts seen before in the same document, and their characters."""
+    parts = parts.with_columns(
+        _len=pl.col("part").str.len_chars(), _dup=~first_occurrence(pl.col("part").hash()))
+    per_doc = parts.group_by(ROW).agg(
+        **{f"{prefix}_n": pl.len(), f"{prefix}_dups": pl.col("_dup").sum(),
+           f"{prefix}_dup_chars": pl.col("_len").filter(pl.col("_dup")).sum()})
+    return batch.align(per_doc, {f"{prefix}_n": 0, f"{prefix}_dups": 0, f"{prefix}_dup_chars": 0})
+
+
+def _repeated_ngrams(tokens: pl.DataFrame, sizes: list[int]) -> dict[int, pl.DataFrame]:
+    """For each n in `sizes`: the n-grams occurring at least twice in their document.
+
+    Columns: `_pos` (index of the first token in `tokens`), ROW, `key` (hash of the n token
+    hashes), `len` (characters of the n tokens, no separators). An n-gram can repeat only
+    where both of its (n-1)-grams repeat, so each size is computed from the previous one's
+    survivors: the work after unigrams shrinks with the repetition in the batch.
+    """
+    hashes, lengths = tokens["h"], tokens["len"].cast(pl.Int64)
+    current = tokens.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_pos"), ROW, key="h",
+                            len=pl.col("len").cast(pl.Int64))
+    current = current.filter(pl.struct(ROW, "key").is_duplicated())
+    out: dict[int, pl.DataFrame] = {1: current} if 1 in sizes else {}
+    for n in range(2, max(sizes, default=1) + 1):
+        # n-gram at p = (n-1)-gram at p + token p+n-1; both (n-1)-grams at p and p+1 must repeat
+        nxt = (pl.col("_pos").shift(-1) == pl.col("_pos") + 1) & (pl.col(ROW).shift(-1) == pl.col(ROW))
+        grown = current.filter(nxt.fill_null(False))
+        last = grown["_pos"] + (n - 1)
+        grown = grown.with_columns(_h=hashes.gather(last), _l=lengths.gather(last))
+        grown = grown.select("_pos", ROW, key=pl.struct("key", "_h").hash(), len=pl.col("len") + pl.col("_l"))
+        current = grown.filter(pl.struct(ROW, "key").is_duplicated())
+        if n in sizes:
+            out[n] = current
+    return out
+
+
+def _top_ngram_chars(tokens: pl.DataFrame, repeated: pl.DataFrame, n: int) -> pl.DataFrame:
+    """Characters of the most frequent n-gram (first seen wins ties) times its count, per document.
+
+    The n-gram is joined with single spaces, as datatrove joins it. A document whose
+    n-grams are all distinct scores its first n-gram once.
+    """
+    counted = repeated.group_by(ROW, "key").agg(count=pl.len(), first=pl.col("_pos").min(), chars=pl.col("len").first())
+    best = counted.group_by(ROW).agg(
+        top=((pl.col("chars") + (n - 1)) * pl.col("count")).sort_by(["count", "first"], descending=[True, False])
+        .first())
+    starts = tokens.select(ROW, len=pl.col("len").cast(pl.Int64)).group_by(ROW, maintain_order=True).agg(
+        first=pl.col("len").head(n).sum() + (n - 1), n_tokens=pl.len())
+    single = starts.filter(pl.col("n_tokens") >= n).select(ROW, top=pl.col("first"))
+    return pl.concat([best, single.join(best, on=ROW, how="anti")], how="vertical")
+
+
+def _duplicated_ngram_chars(repeated: pl.DataFrame, n: int) -> pl.DataFrame:
+    """Characters of repeated n-grams as a left-to-right scan counts them, per document.
+
+    The scan (datatrove's) counts an n-gram seen before and jumps n words ahead. Here a
+    run of consecutive repeated n-grams is counted at every n-th position from its start,
+    which is the scan's result unless two runs are less than n words apart or the first
+    occurrence of an n-gram fell inside a jump (see docs/filter-parity.md).
+    """
+    grams = repeated.with_columns(_dup=~pl.struct(ROW, "key").is_first_distinct())
+    previous_dup = ((pl.col("_pos").shift(1) == pl.col("_pos") - 1) & pl.col("_dup").shift(1)).fill_null(False)
+    grams = grams.with_columns(_start=pl.col("_dup") & ~previous_dup)
+    grams = grams.with_columns(
+        _run_start=pl.when(pl.col("_start")).then(pl.col("_pos")).otherwise(None).forward_fill())
+    counted = pl.col("_dup") & ((pl.col("_pos") - pl.col("_run_start")) % n == 0)
+    return grams.filter(counted).group_by(ROW).agg(dup=pl.col("len").sum())
+
+
+def gopher_repetition_signals(batch: Batch, rules: GopherRepetitionRules) -> pl.DataFrame:
+    """gr_dup_para_frac, gr_dup_para_char_frac, gr_dup_line_frac, gr_dup_line_char_frac,
+    gr_top_{n}_gram_char_frac, gr_dup_{n}_gram_char_frac."""
+    text = pl.col("text")
+    paragraphs = batch.docs.select(
+        ROW, part=text.str.strip_chars().str.replace_all(r"\n{2,}", "\n\n").str.split("\n\n")).explode("part")
+    lines = batch.docs.select(ROW, part=text.str.replace_all(r"\n+", "\n").str.split("\n")).explode("part")
+    chars = batch.docs.select("_chars")
+    out = pl.concat([chars, _duplicates(paragraphs, batch, "para"), _duplicates(lines, batch, "line")],
+                    how="horizontal")
+    columns = {
+        "gr_dup_para_frac": ratio(pl.col("para_dups"), pl.col("para_n")),
+        "gr_dup_para_char_frac": ratio(pl.col("para_dup_chars"), pl.col("_chars")),
+        "gr_dup_line_frac": ratio(pl.col("line_dups"), pl.col("line_n")),
+        "gr_dup_line_char_frac": ratio(pl.col("line_dup_chars"), pl.col("_chars")),
+    }
+    tokens = batch.tokens.select(ROW, "h", "len")
+    repeated = _repeated_ngrams(tokens, [n for n, _ in (*rules.top_n_grams, *rules.dup_n_grams)])
+    extra = []
+    for n, _ in rules.top_n_grams:
+        top = _top_ngram_chars(tokens, repeated[n], n)
+        extra.append(batch.align(top.rename({"top": f"_top{n}"}), {f"_top{n}": 0}))
+        columns[f"gr_top_{n}_gram_char_frac"] = ratio(pl.col(f"_top{n}"), pl.col("_chars"))
+    for n, _ in rules.dup_n_grams:
+        dup = _duplicated_ngram_chars(repeated[n], n)
+        extra.append(batch.align(dup.rename({"dup": f"_dup{n}"}), {f"_dup{n}": 0}))
+        columns[f"gr_dup_{n}_gram_char_frac"] = ratio(pl.col(f"_dup{n}"), pl.col("_chars"))
+    return pl.concat([out, *extra], how="horizontal").select(**columns)
+
+
+def gopher_repetition_rules(rules: GopherRepetitionRules) -> Rules:
+    """In datatrove's order: empty text, paragraphs, lines, top n-grams, duplicated n-grams."""
+    out: Rules = [("empty", pl.col("text") == "")]
+    for name, threshold in (("dup_para_frac", rules.dup_para_frac), ("dup_para_char_frac", rules.dup_para_char_frac),
+                            ("dup_line_frac", rules.dup_line_frac), ("dup_line_char_frac", rules.dup_line_char_frac)):
+        if threshold is not None:
+            out.append((name, pl.col(f"gr_{name}") > threshold))
+    out += [(f"top_{n}_gram", pl.col(f"gr_top_{n}_gram_char_frac") > t) for n, t in rules.top_n_grams]
+    out += [(f"dup_{n}_gram", pl.col(f"gr_dup_{n}_gram_char_frac") > t) for n, t in rules.dup_n_grams]
+    return out

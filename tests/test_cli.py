@@ -124,7 +124,7 @@ def test_ui_serves_the_asset_graph(demo_dir):
         with urllib.request.urlopen(request, timeout=30) as response:
             data = json.loads(response.read())
         nodes = data["data"]["assetNodes"]
-        assert sorted(node["assetKey"]["path"] for node in nodes) == [["deduped"], ["raw"]]
+        assert sorted(node["assetKey"]["path"] for node in nodes) == [["deduped"], ["filtered"], ["raw"]]
         assert all("CC-MAIN-SAMPLE" in node["partitionKeysByDimension"][0]["partitionKeys"] for node in nodes)
     finally:
         os.killpg(process.pid, 15)

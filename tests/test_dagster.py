@@ -10,6 +10,7 @@ from assets.definitions import ALL_ASSETS, defs
 from assets.raw import raw
 from assets.resources import TextmillResource
 from assets.sensors import landing_sensor
+from checks.filtered import CHECK_NAMES as FILTERED_CHECKS
 from textmill.storage import Store
 
 SAMPLE = Path(__file__).resolve().parents[1] / "textmill" / "sample"
@@ -24,15 +25,16 @@ def _land(root: Path, crawl: str, *names: str) -> None:
 
 def test_definitions_load():
     graph = defs.resolve_asset_graph()
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {"raw", "deduped"}
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {"raw", "deduped", "filtered"}
     assert graph.get(AssetKey("deduped")).parent_keys == {AssetKey("raw")}
+    assert graph.get(AssetKey("filtered")).parent_keys == {AssetKey("deduped")}
     assert defs.resolve_sensor_def("landing_sensor") is not None
     job = defs.resolve_implicit_global_asset_job_def()
     assert job is not None
     checks = {key.name for key in graph.asset_check_keys}
     assert {"raw_schema", "raw_unique_ids", "raw_quarantine_rate", "deduped_no_exact_duplicates",
-            "deduped_rate_within_bounds"} <= checks
-    assert len(ALL_ASSETS) == 2
+            "deduped_rate_within_bounds", "filtered_keep_rate_within_bounds", "filtered_no_pii_left"} <= checks
+    assert len(ALL_ASSETS) == 3
 
 
 def test_sensor_adds_new_crawls_and_requests_runs(tmp_path):
@@ -119,6 +121,30 @@ def test_deduped_materializes_from_the_recorded_raw_version(tmp_path):
     assert all(checks.values())
     store = Store(str(tmp_path))
     assert store.latest("deduped", "CC-A").inputs[0]["version"] == raw_meta["version"]
+
+    # filtered: every deduped document is kept or rejected, with the waterfall and examples as metadata
+    filtered = {k: v.value for k, v in result.asset_materializations_for_node("filtered")[0].metadata.items()}
+    assert filtered["documents_in"] == meta["dagster/row_count"]
+    assert filtered["dagster/row_count"] + filtered["rejected"] == filtered["documents_in"]
+    assert "| language |" in filtered["removal_waterfall"]
+    assert "| gq_words |" in filtered["signal_histograms"]
+    assert "| reason | documents |" in filtered["rejected_examples"]
+    assert store.latest("filtered", "CC-A").inputs[0]["version"] == meta["version"]
+    assert {name for name in checks if name.startswith("filtered_")} == set(FILTERED_CHECKS)
+
+
+def test_filtered_check_bounds_block_the_run(tmp_path):
+    _land(tmp_path, "CC-A", "cc-main-2020-34-sample.warc.gz")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("filtered:\n  checks:\n    min_keep_rate: 0.99\n    max_removal_rate_by_rule_set: {language: 0.0}\n")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("crawls", ["CC-A"])
+    resources = {"textmill": TextmillResource(root=str(tmp_path), recipe_path=str(recipe))}
+    result = materialize(ALL_ASSETS, partition_key="CC-A", instance=instance, resources=resources,
+                         raise_on_error=False)
+    failed = sorted(e.check_name for e in result.get_asset_check_evaluations() if not e.passed)
+    assert failed == ["filtered_keep_rate_within_bounds", "filtered_rule_removal_within_bounds"]
+    assert not result.success
 
 
 def test_deduped_without_raw_materialization_fails_clearly(tmp_path):

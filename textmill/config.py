@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from textmill.filters.config import DEFAULT_ORDER, FilterConfig
+from textmill.filters.quality_model import QualityModelConfig
 
 
 class RecipeError(ValueError):
@@ -123,6 +126,47 @@ class DedupConfig(_Strict):
     checks: DedupChecks = Field(default_factory=DedupChecks)
 
 
+class FilteredChecks(_Strict):
+    """Blocking bounds on what filtering keeps and removes."""
+
+    min_keep_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="share of documents kept, at least")
+    max_keep_rate: float = Field(default=1.0, ge=0.0, le=1.0, description="share of documents kept, at most")
+    max_removal_rate: float = Field(default=1.0, ge=0.0, le=1.0,
+                                    description="share of documents any one rule set may remove")
+    max_removal_rate_by_rule_set: dict[str, float] = Field(
+        default_factory=dict, description="per rule set (e.g. language: 0.5), overrides max_removal_rate")
+    min_language_share: float = Field(default=0.0, ge=0.0, le=1.0,
+                                      description="share of kept documents in language.languages, at least")
+
+    @field_validator("max_removal_rate_by_rule_set")
+    @classmethod
+    def _known_rule_sets(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(DEFAULT_ORDER))
+        if unknown:
+            raise ValueError(f"unknown rule set(s) {unknown}; known: {list(DEFAULT_ORDER)}")
+        if any(not 0.0 <= rate <= 1.0 for rate in value.values()):
+            raise ValueError("rates must be between 0 and 1")
+        return value
+
+
+class FilteredConfig(FilterConfig):
+    """The filtered stage: the rule sets (see textmill.filters.config), the optional quality
+    classifier, PII redaction of kept text, and the checks."""
+
+    quality_model: QualityModelConfig | None = Field(
+        default=None, description="a fastText classifier whose score is quality_score (threshold or top_percent)")
+    redact_pii: bool = Field(default=True, description="replace e-mails, IPs and phone numbers in kept text")
+    batch_rows: int = Field(default=5000, ge=1, description="documents whose signals are computed at once")
+    examples_per_reason: int = Field(default=3, ge=0, description="rejected examples kept per reason for metadata")
+    checks: FilteredChecks = Field(default_factory=FilteredChecks)
+
+    @model_validator(mode="after")
+    def _one_source_of_score_cutoff(self) -> "FilteredConfig":
+        if self.quality_model is not None and self.quality_classifier.min_score is not None:
+            raise ValueError("quality_classifier.min_score and quality_model both set a score cutoff; keep one")
+        return self
+
+
 class Recipe(_Strict):
     """A whole pipeline's configuration."""
 
@@ -131,6 +175,7 @@ class Recipe(_Strict):
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     raw: RawConfig = Field(default_factory=RawConfig)
     deduped: DedupConfig = Field(default_factory=DedupConfig)
+    filtered: FilteredConfig = Field(default_factory=FilteredConfig)
 
     @model_validator(mode="after")
     def _patterns_not_empty(self) -> "Recipe":

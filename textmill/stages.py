@@ -11,6 +11,7 @@ import fnmatch
 import json
 import logging
 import math
+import os
 import posixpath
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from typing import Callable
 
 import polars as pl
 
-from textmill.config import DedupConfig, RawConfig
+from textmill.config import DedupConfig, FilteredConfig, RawConfig
 from textmill.executor import Executor
 from textmill.ingest.readers import detect_format
 from textmill.ingest.shard import IngestTask, ShardResult, ingest_shard
@@ -28,7 +29,7 @@ from textmill.storage import Manifest, Store, content_version, file_fingerprint
 log = logging.getLogger(__name__)
 
 # Bump a stage's code version when its output for the same inputs and config changes.
-CODE_VERSIONS = {"raw": "1", "deduped": "2"}
+CODE_VERSIONS = {"raw": "1", "deduped": "2", "filtered": "1"}
 
 Progress = Callable[[int, int], None]
 
@@ -339,6 +340,156 @@ def deduped(
         code_version=CODE_VERSIONS["deduped"], files=kept_parts, inputs=inputs, config=config_json,
         statistics=statistics, timings=timings, quarantine={"records": 0, "by_reason": {}},
         extra_files={"removed": removed_parts},
+    )
+    store.remove_tree(work_dir)
+    return StageResult(manifest, False, store.uri(writer.folder))
+
+
+def _file_sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def filtered(
+    *,
+    store: Store,
+    crawl: str,
+    deduped_version: str,
+    config: FilteredConfig,
+    executor: Executor,
+    progress: Progress | None = None,
+) -> StageResult:
+    """Quality, safety and PII signals of a deduped version; every document kept or rejected with its reason.
+
+    Kept documents are the version's parts (PII redacted); rejected ones stay in the version as
+    `rejected-*.parquet` (listed in `extra_files.rejected`), with every signal, for recycling.
+    """
+    from textmill.filters import pipeline
+    from textmill.filters.decide import RECYCLABLE
+
+    deduped_manifest = store.manifest("deduped", crawl, deduped_version)
+    if deduped_manifest is None:
+        raise FileNotFoundError(f"deduped version {crawl}/{deduped_version} does not exist (or is unfinished)")
+    inputs: list[dict] = [{"kind": "version", "stage": "deduped", "partition": crawl, "version": deduped_version}]
+    if config.quality_model is not None:
+        model_path = config.quality_model.model_path
+        if not os.path.exists(model_path):
+            raise FileNotFoundError(f"filtered.quality_model.model_path: no model file at {model_path}")
+        inputs.append({"kind": "quality_model", "sha256": _file_sha256(model_path)})
+    config_json = config.model_dump(mode="json", exclude={"checks", "examples_per_reason"})
+    version = content_version(stage="filtered", code_version=CODE_VERSIONS["filtered"], config=config_json,
+                              inputs=inputs)
+    existing = store.manifest("filtered", crawl, version)
+    if existing is not None:
+        log.info("filtered/%s/%s exists; nothing to do", crawl, version)
+        return StageResult(existing, True, store.uri(store.version_dir("filtered", crawl, version)))
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    writer = store.begin("filtered", crawl, version)
+    work_dir = store.path("tmp", "filtered", crawl, version)
+    store.remove_tree(work_dir)
+    parts = store.part_uris(deduped_manifest)
+    scoring = config.quality_model is not None and config.quality_model.top_percent is not None
+    steps, done = len(parts) * (2 if scoring else 1), 0
+    sample_rate = min(1.0, 50_000 / max(1, deduped_manifest.rows))  # ~50k documents for signal histograms
+
+    def tick(step: str) -> None:
+        nonlocal done
+        done += 1
+        log.info("filtered %s: %s (%d/%d)", crawl, step, done, steps, extra={"progress": ("filtered", done, steps)})
+        if progress:
+            progress(done, steps)
+
+    def task(part: int, uri: str, cutoff: float | None) -> pipeline.FilterTask:
+        return pipeline.FilterTask(store=store, config=config, part=part, uri=uri, version_dir=writer.folder,
+                                   work_dir=work_dir, cutoff=cutoff, sample_rate=sample_rate)
+
+    cutoff, score_histogram = None, None
+    if config.quality_model is not None:
+        cutoff = config.quality_model.threshold
+    if scoring:
+        from textmill.filters.quality_model import ScoreHistogram
+
+        began = time.perf_counter()
+        score_histogram = ScoreHistogram()
+        for histogram in executor.map(pipeline.score_part, [task(i, uri, None) for i, uri in enumerate(parts)]):
+            score_histogram = score_histogram.merge(ScoreHistogram.from_dict(histogram))
+            tick("quality scores")
+        cutoff = score_histogram.cutoff(top_percent=config.quality_model.top_percent) \
+            if score_histogram.total else 1.0
+        timings["score_seconds"] = round(time.perf_counter() - began, 4)
+
+    began = time.perf_counter()
+    results = []
+    for result in executor.map(pipeline.filter_part, [task(i, uri, cutoff) for i, uri in enumerate(parts)]):
+        results.append(result)
+        tick("signals and decisions")
+    timings["filter_seconds"] = round(time.perf_counter() - began, 4)
+    kept_parts = [r.kept for r in results if r.kept]
+    rejected_parts = [r.rejected for r in results if r.rejected]
+    if not kept_parts:  # keep the schema readable even when nothing is kept
+        empty = store.scan(deduped_manifest).head(0).collect()
+        kept_parts.append(pipeline.empty_version_part(store, empty, pipeline.rules_with_cutoff(config, cutoff),
+                                                      posixpath.join(writer.folder, "part-00000.parquet")))
+
+    documents_in = sum(r.documents for r in results)
+    kept_rows = sum(r.kept_rows for r in results)
+    by_reason: Counter[str] = Counter()
+    redacted: Counter[str] = Counter()
+    for result in results:
+        by_reason.update(result.by_reason)
+        redacted.update(result.redacted)
+    by_rule_set: Counter[str] = Counter()
+    for reason, count in by_reason.items():
+        by_rule_set[reason.split(":", 1)[0]] += count
+    # the waterfall: documents left after each rule set, in decision order
+    waterfall, left = [], documents_in
+    for name in config.order:
+        left -= by_rule_set.get(name, 0)
+        waterfall.append({"rule_set": name, "removed": by_rule_set.get(name, 0), "left": left})
+    examples = pl.concat([r.examples for r in results]) if results else pl.DataFrame()
+    examples_by_reason: dict[str, list[dict]] = {}
+    for row in examples.iter_rows(named=True) if examples.height else []:
+        shown = examples_by_reason.setdefault(row["reject_reason"], [])
+        if len(shown) < config.examples_per_reason:
+            shown.append({"id": row["id"], "url": row["url"], "text": row["text"]})
+    sample = pl.concat([r.signal_sample for r in results], how="diagonal_relaxed") if results else pl.DataFrame()
+    wall = time.perf_counter() - started
+    statistics = {
+        "documents_in": documents_in,
+        "documents": kept_rows,
+        "rejected": documents_in - kept_rows,
+        "keep_rate": round(kept_rows / documents_in, 6) if documents_in else 0.0,
+        "rejected_by_reason": dict(by_reason.most_common()),
+        "removed_by_rule_set": {name: by_rule_set.get(name, 0) for name in config.order},
+        "removal_rate_by_rule_set": {name: round(by_rule_set.get(name, 0) / documents_in, 6) if documents_in else 0.0
+                                     for name in config.order},
+        "waterfall": waterfall,
+        "recyclable": sum(r.recyclable for r in results),
+        "recyclable_by_rule_set": {name: RECYCLABLE.get(name, False) for name in config.order},
+        "pii_redacted": dict(redacted),
+        "signal_columns": results[0].signal_columns if results else [],
+        "signal_summary": pipeline.signal_summary(sample) if sample.height else {},
+        "signal_sample_rate": round(sample_rate, 6),
+        "examples_by_reason": examples_by_reason,
+        "quality_cutoff": cutoff,
+        "quality_score_histogram": score_histogram.to_dict() if score_histogram else None,
+    }
+    timings |= {
+        "wall_seconds": round(wall, 4),
+        "documents_per_second": round(documents_in / wall, 2) if wall else 0.0,
+        "workers": executor.workers,
+    }
+    manifest = writer.commit(
+        code_version=CODE_VERSIONS["filtered"], files=kept_parts, inputs=inputs, config=config_json,
+        statistics=statistics, timings=timings, quarantine={"records": 0, "by_reason": {}},
+        extra_files={"rejected": rejected_parts},
     )
     store.remove_tree(work_dir)
     return StageResult(manifest, False, store.uri(writer.folder))

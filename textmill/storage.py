@@ -238,6 +238,12 @@ class Store:
             return pl.LazyFrame(schema=DOCUMENT_SCHEMA)
         return self.scan_files(uris)
 
+    def scan_extra(self, manifest: Manifest, name: str) -> pl.LazyFrame | None:
+        """A lazy frame over a version's extra files (e.g. deduped `removed`, filtered `rejected`); None if none."""
+        folder = self.version_dir(manifest.stage, manifest.partition, manifest.version)
+        files = [posixpath.join(folder, f["path"]) for f in manifest.extra_files.get(name, [])]
+        return self.scan_files(files) if files else None
+
     def scan_files(self, paths: list[str]) -> pl.LazyFrame:
         """A lazy frame over Parquet files given as store paths or URIs."""
         uris = [path if "://" in path or self.is_local else self.uri(path) for path in paths]

@@ -1,0 +1,55 @@
+"""The `filtered` asset: quality, safety and PII signals of a crawl's deduped version; kept and rejected."""
+
+from contextlib import closing
+from dagster import AssetCheckSpec, AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+
+from assets.deduped import deduped
+from assets.metadata import check_result, upstream_version, version_metadata
+from assets.partitions import crawls_partitions
+from assets.resources import TextmillResource
+from checks.filtered import CHECK_NAMES, run_filtered_checks
+from textmill import stages
+from textmill.report import markdown
+
+
+@asset(
+    partitions_def=crawls_partitions,
+    deps=[deduped],
+    code_version=stages.CODE_VERSIONS["filtered"],
+    group_name="textmill",
+    kinds={"parquet", "polars"},
+    check_specs=[AssetCheckSpec(name, asset="filtered", description=text, blocking=True)
+                 for name, text in CHECK_NAMES.items()],
+    description="Every document of a deduped crawl with its quality, safety and PII signals, kept or rejected "
+                "with the first failing rule; kept text has PII redacted, rejected documents stay for recycling.",
+)
+def filtered(context: AssetExecutionContext, textmill: TextmillResource) -> MaterializeResult:
+    recipe = textmill.recipe()
+    store = textmill.store()
+    with closing(textmill.executor()) as executor:
+        result = stages.filtered(
+            store=store,
+            crawl=context.partition_key,
+            deduped_version=upstream_version(context, "deduped"),
+            config=recipe.filtered,
+            executor=executor,
+        )
+    statistics = result.manifest.statistics
+    outcomes = run_filtered_checks(store.scan(result.manifest), store.scan_extra(result.manifest, "rejected"),
+                                   result.manifest, recipe.filtered)
+    return MaterializeResult(
+        metadata=version_metadata(store, result) | {
+            "documents_in": statistics["documents_in"],
+            "keep_rate": statistics["keep_rate"],
+            "rejected": statistics["rejected"],
+            "recyclable": statistics["recyclable"],
+            "rejected_by_reason": MetadataValue.json(statistics["rejected_by_reason"]),
+            "removal_waterfall": MetadataValue.md(markdown.waterfall(statistics)),
+            "signal_histograms": MetadataValue.md(markdown.signal_histograms(statistics)),
+            "rejected_examples": MetadataValue.md(markdown.rejected_examples(statistics)),
+            "pii_redacted": MetadataValue.json(statistics["pii_redacted"]),
+            "quality_cutoff": MetadataValue.json(statistics["quality_cutoff"]),
+        },
+        data_version=DataVersion(result.version),
+        check_results=[check_result(outcome) for outcome in outcomes],
+    )

@@ -12,10 +12,10 @@ Every document is real web text from the shared data folder (`--data`, see its R
   ccnet             30 CCNet-processed Common Crawl documents (text as published)
 
 Empty extractions are dropped, texts are cut at `--max-chars` (on a line boundary) to keep the
-fixture small, and a seeded sample of `--docs` documents is written as zstd Parquet with the
-columns `id`, `origin`, `url`, `text`. The script is deterministic for the same inputs.
+fixture small, and a seeded sample of `--docs` documents is written as xz-compressed JSON lines
+with the fields `id`, `origin`, `url`, `text`. The script is deterministic for the same inputs.
 
-    .venv/bin/python bench/_filter_fixture.py --data ../shared/data --docs 1600
+    .venv/bin/python bench/_filter_fixture.py --data ../shared/data --docs 1500
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import gzip
 import io
 import json
+import lzma
 import random
 import sys
 import tarfile
@@ -120,8 +121,8 @@ def _cut(text: str, limit: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests/data/filter-parity/documents.parquet")
-    parser.add_argument("--docs", type=int, default=1600)
+    parser.add_argument("--out", type=Path, default=ROOT / "tests/data/filter-parity/documents.jsonl.xz")
+    parser.add_argument("--docs", type=int, default=1500)
     parser.add_argument("--max-chars", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
@@ -140,7 +141,10 @@ def main() -> None:
         "text": [_cut(d["text"], args.max_chars) for d in chosen],
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_parquet(args.out, compression="zstd", compression_level=19)
+    if args.out.name.endswith(".parquet"):
+        frame.write_parquet(args.out, compression="zstd", compression_level=19)
+    else:
+        args.out.write_bytes(lzma.compress(frame.write_ndjson().encode(), preset=9 | lzma.PRESET_EXTREME))
     print(f"{len(frame)} of {len(pool)} texts -> {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)", file=sys.stderr)
     print(frame.group_by("origin").len().sort("origin"), file=sys.stderr)
 

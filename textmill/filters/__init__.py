@@ -8,12 +8,12 @@ bad words, PII, and the keep/reject decision with its reason.
 
 from textmill.filters.config import FilterConfig
 from textmill.filters.decide import (KEPT, RECYCLABLE, REJECTED, compute_signals, decide, filter_frame,
-                                     is_recyclable, recyclable_expr, rules)
+                                     is_recyclable, recyclable_expr, rule_set_reasons, rules)
 from textmill.filters.redact import redact_pii
 from textmill.filters.registry import FILTERS, FilterSpec
 from textmill.filters.tokenize import word_tokens
 
 __all__ = [
     "FILTERS", "FilterConfig", "FilterSpec", "KEPT", "RECYCLABLE", "REJECTED", "compute_signals", "decide",
-    "filter_frame", "is_recyclable", "recyclable_expr", "redact_pii", "rules", "word_tokens",
+    "filter_frame", "is_recyclable", "recyclable_expr", "redact_pii", "rule_set_reasons", "rules", "word_tokens",
 ]

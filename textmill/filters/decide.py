@@ -65,18 +65,33 @@ def recyclable_expr(reason: pl.Expr) -> pl.Expr:
     return group.replace_strict(RECYCLABLE, default=False, return_dtype=pl.Boolean).fill_null(False)
 
 
+def first_failing(pairs: list[tuple[str, pl.Expr]]) -> pl.Expr:
+    """The reason of the first failing condition, null when none fails: a `pl.when` chain."""
+    if not pairs:
+        return pl.lit(None, dtype=pl.String)
+    (first_reason, first_fails), *rest = pairs
+    chain = pl.when(first_fails).then(pl.lit(first_reason))
+    for reason, fails in rest:
+        chain = chain.when(fails).then(pl.lit(reason))
+    return chain.otherwise(pl.lit(None, dtype=pl.String))
+
+
+def rule_set_reasons(frame: pl.DataFrame, *, config: FilterConfig) -> pl.DataFrame:
+    """One column per active rule set: the first rule of that set the document fails, or null.
+
+    Each rule set judged alone, whatever the others say: the per-rule keep rates of the
+    quality checks, and the parity test against datatrove's filters, read these.
+    """
+    columns = {}
+    for name in active_rule_sets(frame.columns, config=config):
+        pairs = [(f"{name}:{rule}", fails) for rule, fails in FILTERS[name].rules(config.rule_set(name))]
+        columns[name] = first_failing(pairs)
+    return frame.select(**columns)
+
+
 def decide(frame: pl.DataFrame, *, config: FilterConfig) -> pl.DataFrame:
     """Add `decision`, `reject_reason` (first failing rule, null when kept) and `recyclable`."""
-    pairs = rules(frame.columns, config=config)
-    if pairs:
-        (first_reason, first_fails), *rest = pairs
-        chain = pl.when(first_fails).then(pl.lit(first_reason))
-        for reason, fails in rest:
-            chain = chain.when(fails).then(pl.lit(reason))
-        reason = chain.otherwise(pl.lit(None, dtype=pl.String))
-    else:
-        reason = pl.lit(None, dtype=pl.String)
-    out = frame.with_columns(reject_reason=reason)
+    out = frame.with_columns(reject_reason=first_failing(rules(frame.columns, config=config)))
     return out.with_columns(
         decision=pl.when(pl.col("reject_reason").is_null()).then(pl.lit(KEPT)).otherwise(pl.lit(REJECTED)),
         recyclable=recyclable_expr(pl.col("reject_reason")),

@@ -547,8 +547,8 @@ Extract:
 {document}
 >>>
 
-Give one short sentence of justification, then end with a line of the form \
-"Educational score: N", where N is a whole number from 0 to 5."""
+Answer with the line "Educational score: N", where N is a whole number from 0 to 5, \
+then one short sentence saying why."""
 
 _NUM = r"(\d+(?:\.\d+)?|zero|one|two|three|four|five)"
 _WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}

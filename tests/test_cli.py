@@ -73,10 +73,11 @@ def test_demo_materializes_deduped_from_the_raw_version(demo_dir):
 @pytest.mark.slow
 def test_demo_twice_is_a_no_op(demo_dir):
     store = Store(str(demo_dir / ".textmill" / "data"))
-    before = {stage: [m.version for m in store.versions(stage, "CC-MAIN-SAMPLE")] for stage in ("raw", "deduped")}
+    stages = ("raw", "deduped", "filtered")
+    before = {stage: [m.version for m in store.versions(stage, "CC-MAIN-SAMPLE")] for stage in stages}
     result = _textmill("demo", "--recipe", str(REPO / "recipes" / "default.yaml"), cwd=demo_dir)
     assert result.returncode == 0, result.stderr
-    after = {stage: [m.version for m in store.versions(stage, "CC-MAIN-SAMPLE")] for stage in ("raw", "deduped")}
+    after = {stage: [m.version for m in store.versions(stage, "CC-MAIN-SAMPLE")] for stage in stages}
     assert after == before and all(len(v) == 1 for v in after.values())
     assert before["raw"][0] in result.stdout and before["deduped"][0] in result.stdout
 
@@ -91,6 +92,25 @@ def test_inspect_filters_by_language_and_text(demo_dir):
     assert "an.wikipedia.org/wiki/Escopete" in found.stdout
     none = _textmill("inspect", "--search", "zz-no-such-text-zz", cwd=demo_dir)
     assert "0 documents match" in none.stdout
+
+
+@pytest.mark.slow
+def test_demo_filters_and_inspect_shows_why_a_document_was_rejected(demo_dir):
+    store = Store(str(demo_dir / ".textmill" / "data"))
+    deduped = store.latest("deduped", "CC-MAIN-SAMPLE")
+    filtered = store.latest("filtered", "CC-MAIN-SAMPLE")
+    stats = filtered.statistics
+    assert stats["documents_in"] == deduped.rows == stats["documents"] + stats["rejected"]
+    assert stats["removed_by_rule_set"]["language"] > 0  # the sample holds Japanese and Chinese pages
+    reason, count = next(iter(stats["rejected_by_reason"].items()))
+    result = _textmill("inspect", "--crawl", "CC-MAIN-SAMPLE", "--stage", "filtered", "--rejected",
+                       "--reason", reason, "--signals", "--limit", "1", cwd=demo_dir)
+    assert result.returncode == 0, result.stderr
+    assert f"{count} documents match; showing 1" in result.stdout
+    assert f"rejected by {reason}" in result.stdout
+    assert "gq_mean_word_length" in result.stdout  # the signals that led there
+    kept = _textmill("inspect", "--crawl", "CC-MAIN-SAMPLE", "--stage", "filtered", "--limit", "1", cwd=demo_dir)
+    assert f"{stats['documents']} documents match" in kept.stdout and "rejected by" not in kept.stdout
 
 
 def _free_port() -> int:

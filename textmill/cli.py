@@ -1,4 +1,4 @@
-"""The `textmill` command: demo, run, ui, inspect.
+"""The `textmill` command: demo, run, ui, inspect, quality.
 
 `demo` and `run` materialize assets through Dagster (so every run has lineage and shows
 up in `textmill ui`); `inspect` reads dataset versions directly.
@@ -134,8 +134,9 @@ def _summary(result, crawl: str, recipe) -> None:
         passed = sum(1 for e in evaluations if e.passed)
         failed = [e.check_name for e in evaluations if not e.passed]
         verdict = f"{passed}/{len(evaluations)} passed" + (f" [red](failed: {', '.join(failed)})[/red]" if failed else "")
-        set_aside = (f"{meta['quarantined']} quarantined" if key == "raw"
-                     else f"{meta.get('documents_in', 0) - meta.get('dagster/row_count', 0)} removed")
+        removed = meta.get("documents_in", 0) - meta.get("dagster/row_count", 0)
+        set_aside = {"raw": f"{meta['quarantined']} quarantined",
+                     "filtered": f"{removed} rejected ({meta.get('recyclable', 0)} recyclable)"}.get(key, f"{removed} removed")
         table.add_row(key, str(meta.get("version")), str(meta.get("dagster/row_count")), set_aside, verdict)
         paths.append((key, meta.get("path")))
     console.print(table)
@@ -143,7 +144,9 @@ def _summary(result, crawl: str, recipe) -> None:
         console.print(f"  {key:>9}: {path}", soft_wrap=True)
     console.print(f"Dagster runs are recorded under [bold]{os.environ['DAGSTER_HOME']}[/bold]; "
                   "look at them with [bold]textmill ui[/bold].")
-    console.print(f"Inspect documents with [bold]textmill inspect --crawl {crawl} --stage deduped[/bold].")
+    console.print(f"Inspect documents with [bold]textmill inspect --crawl {crawl} --stage filtered[/bold]; "
+                  f"why documents were rejected: [bold]textmill inspect --crawl {crawl} --stage filtered --rejected "
+                  f"--signals[/bold].")
 
 
 @app.command()
@@ -192,12 +195,18 @@ def inspect(
     version: Annotated[Optional[str], typer.Option(help="version (default: the latest)")] = None,
     lang: Annotated[Optional[str], typer.Option(help="only this language code")] = None,
     search: Annotated[Optional[str], typer.Option("--search", "-s", help="only documents whose text contains this")] = None,
+    doc_id: Annotated[Optional[str], typer.Option("--id", help="only documents whose id starts with this")] = None,
+    rejected: Annotated[bool, typer.Option("--rejected", help="filtered: rejected documents instead of kept ones; "
+                                           "deduped: removed duplicates")] = False,
+    reason: Annotated[Optional[str], typer.Option(help="filtered: only rejects whose reason starts with this "
+                                                  "(e.g. gopher_quality)")] = None,
+    signals: Annotated[bool, typer.Option("--signals", help="filtered: print every signal of each document")] = False,
     limit: int = 5,
     chars: Annotated[int, typer.Option(help="characters of text to show")] = 300,
     recipe: RecipeOption = None,
     root: RootOption = None,
 ) -> None:
-    """Show documents of a dataset version, filtered by crawl, language and text."""
+    """Show documents of a dataset version, filtered by crawl, language, text or id; why a document was rejected."""
     import polars as pl
 
     from textmill.storage import Store
@@ -213,21 +222,138 @@ def inspect(
     if not manifests:
         console.print(f"[red]no {stage} version found[/red] under {store.uri(store.path('datasets', stage))}")
         raise typer.Exit(1)
-    frame = pl.concat([store.scan(m) for m in manifests], how="diagonal_relaxed")
+    extra = {"filtered": "rejected", "deduped": "removed"}.get(stage)
+    if (rejected or reason) and extra is None:
+        console.print(f"[red]error:[/red] --rejected/--reason apply to filtered and deduped, not {stage}")
+        raise typer.Exit(2)
+    scans = [store.scan_extra(m, extra) if rejected or reason else store.scan(m) for m in manifests]
+    scans = [scan for scan in scans if scan is not None]
+    if not scans:
+        console.print("0 documents match")
+        return
+    frame = pl.concat(scans, how="diagonal_relaxed")
+    names = frame.collect_schema().names()
     if lang:
         frame = frame.filter(pl.col("lang") == lang)
     if search:
         frame = frame.filter(pl.col("text").str.contains(search, literal=True))
+    if doc_id:
+        frame = frame.filter(pl.col("id").str.starts_with(doc_id))
+    if reason:
+        frame = frame.filter(pl.col("reject_reason").str.starts_with(reason))
     total = frame.select(pl.len()).collect().item()
     shown = frame.head(limit).collect()
     for manifest in manifests:
         console.print(f"{stage}/{manifest.partition} version [bold]{manifest.version}[/bold]: {manifest.rows} documents")
     console.print(f"{total} documents match; showing {shown.height}")
+    signal_columns = [c for m in manifests[:1] for c in m.statistics.get("signal_columns", [])]
     for row in shown.iter_rows(named=True):
-        console.rule(f"{row['id'][:16]}  {row['lang']} ({row['lang_score']:.2f})  {row['n_chars']} chars")
+        head = f"{row['id'][:16]}  {row.get('lang')} ({row.get('lang_score') or 0:.2f})  {row.get('n_chars')} chars"
+        console.rule(head)
         console.print(f"[dim]{row['url']}[/dim]")
-        text = row["text"]
-        console.print(text[:chars] + ("…" if len(text) > chars else ""), markup=False, highlight=False)
+        if row.get("reject_reason"):
+            recycle = "recyclable" if row.get("recyclable") else "not recyclable"
+            console.print(f"[yellow]rejected by {row['reject_reason']}[/yellow] ({recycle})")
+        if row.get("kind"):
+            console.print(f"[yellow]removed as {row['kind']} duplicate of {row.get('dup_cluster')}[/yellow]")
+        if signals and signal_columns:
+            table = Table(show_header=False, box=None)
+            for name in signal_columns:
+                if name in names:
+                    value = row.get(name)
+                    table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+            console.print(table)
+        text = row.get("text") or ""
+        if text:
+            console.print(text[:chars] + ("…" if len(text) > chars else ""), markup=False, highlight=False)
+
+
+quality_app = typer.Typer(no_args_is_help=True, help="fastText quality classifier: train it, or distil it from LLM grades.")
+app.add_typer(quality_app, name="quality")
+
+
+def _print_train_report(report) -> None:
+    table = Table(title=f"quality classifier {report.model_path}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name in ("n_train", "n_heldout", "accuracy", "precision", "recall", "f1", "seconds"):
+        value = getattr(report, name)
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in report.labels.items()))
+    table.add_row("skipped", ", ".join(f"{k}: {v}" for k, v in report.skipped.items() if v) or "none")
+    console.print(table)
+
+
+@quality_app.command("train")
+def quality_train(
+    inputs: Annotated[list[Path], typer.Argument(help="labelled JSONL files (.jsonl or .jsonl.gz)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="model file to write")],
+    text_field: str = "text",
+    label_field: str = "label",
+    positive_label: Annotated[str, typer.Option(help="the label of high-quality text")] = "hq",
+    epochs: int = 20,
+    seed: int = 0,
+) -> None:
+    """Train a fastText quality classifier from labelled JSONL; set filtered.quality_model.model_path to use it."""
+    from textmill.filters.quality_model import QualityModelError, train_quality_classifier
+
+    try:
+        report = train_quality_classifier(train_jsonl=inputs, output=output, text_field=text_field,
+                                          label_field=label_field, positive_label=positive_label, epochs=epochs,
+                                          seed=seed)
+    except (QualityModelError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _print_train_report(report)
+
+
+@quality_app.command("distill")
+def quality_distill(
+    output: Annotated[Path, typer.Option("--output", "-o", help="model file to write")],
+    crawl: Annotated[str, typer.Option(help="crawl whose documents are graded")],
+    stage: Annotated[str, typer.Option(help="dataset version to sample from")] = "deduped",
+    sample: Annotated[int, typer.Option(help="documents graded by the LLM")] = 500,
+    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible API root, e.g. http://127.0.0.1:8080/v1")] = None,
+    model: Annotated[str, typer.Option(help="model name sent to the endpoint")] = "default",
+    gguf: Annotated[Optional[Path], typer.Option(help="or: a GGUF file run in-process by llama-cpp-python")] = None,
+    min_grade: Annotated[int, typer.Option(help="grades at or above this are high quality")] = 3,
+    seed: int = 0,
+    recipe: RecipeOption = None,
+    root: RootOption = None,
+) -> None:
+    """Grade a sample with an LLM (educational value, 0-5), train the classifier on the grades."""
+    from textmill.filters.quality_model import QualityModelError, distill
+    from textmill.rewrite.backends import LlamaCppBackendConfig, OpenAIBackendConfig, make_backend
+    from textmill.storage import Store
+
+    if (base_url is None) == (gguf is None):
+        console.print("[red]error:[/red] give exactly one of --base-url and --gguf")
+        raise typer.Exit(2)
+    settings = _configure(recipe, root)
+    store = Store(settings.storage.root, storage_options=settings.storage.storage_options)
+    manifest = store.latest(stage, crawl)
+    if manifest is None:
+        console.print(f"[red]error:[/red] no {stage} version of crawl {crawl}")
+        raise typer.Exit(2)
+    texts = store.scan(manifest).select("text").collect()["text"]
+    config = OpenAIBackendConfig(base_url=base_url, model=model) if base_url else \
+        LlamaCppBackendConfig(model_path=str(gguf))
+    backend = make_backend(config)
+    try:
+        report = distill(texts, backend=backend, output=output, sample_size=sample, min_grade=min_grade, seed=seed)
+    except QualityModelError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        close = getattr(backend, "close", None)
+        if close:
+            close()
+    console.print(f"graded {report.n_graded}/{report.n_sampled} documents with {report.grader_model} "
+                  f"({report.grading_docs_per_second:.2f} docs/s); grades {report.grade_counts}; "
+                  f"unparseable {report.unparseable}, failed {report.failed}")
+    console.print(f"held-out agreement with the LLM labels: {report.heldout_agreement}, "
+                  f"Spearman {report.heldout_spearman}")
+    _print_train_report(report.train)
 
 
 def main() -> None:  # pragma: no cover - entry point

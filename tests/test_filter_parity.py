@@ -69,3 +69,44 @@ def test_decisions_match_datatrove(rule_set: str, datatrove_kept: pl.DataFrame, 
     assert agreement >= MIN_AGREEMENT, (
         f"{rule_set}: textmill agrees with datatrove on {agreement:.3%} of {ours.len()} documents "
         f"({disagreeing} differ; textmill rejects {1 - ours.mean():.1%}, datatrove {1 - theirs.mean():.1%})")
+
+
+def _defaults(cls: type) -> dict:
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def test_default_thresholds_are_datatrove_defaults() -> None:
+    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                            GopherRepetitionFilter)
+    from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS
+
+    from textmill.filters.config import C4Rules, FineWebRules, GopherQualityRules, GopherRepetitionRules
+
+    quality, ours = _defaults(GopherQualityFilter), GopherQualityRules()
+    for name in ("min_doc_words", "max_doc_words", "min_avg_word_length", "max_avg_word_length",
+                 "max_symbol_word_ratio", "max_bullet_lines_ratio", "max_ellipsis_lines_ratio", "min_stop_words"):
+        assert getattr(ours, name) == quality[name], name
+    assert ours.min_alpha_words_ratio == quality["max_non_alpha_words_ratio"]
+    assert list(ours.stop_words) == list(STOP_WORDS)
+
+    repetition, ours = _defaults(GopherRepetitionFilter), GopherRepetitionRules()
+    for name in ("dup_line_frac", "dup_para_frac", "dup_line_char_frac", "dup_para_char_frac", "top_n_grams",
+                 "dup_n_grams"):
+        assert getattr(ours, name) == repetition[name], name
+
+    c4, ours = _defaults(C4QualityFilter), C4Rules()
+    assert c4["split_paragraph"] is True  # the only mode textmill implements
+    for name in ("remove_citations", "filter_no_terminal_punct", "min_num_sentences", "min_words_per_line",
+                 "max_word_length", "filter_lorem_ipsum", "filter_javascript", "filter_curly_bracket",
+                 "filter_policy"):
+        assert getattr(ours, name) == c4[name], name
+
+    fineweb, ours = _defaults(FineWebQualityFilter), FineWebRules()
+    assert fineweb["stop_chars"] is None  # datatrove's terminal punctuation set, as textmill's
+    for name in ("line_punct_thr", "line_punct_exclude_zero", "short_line_length", "char_duplicates_ratio",
+                 "new_line_ratio"):
+        assert getattr(ours, name) == fineweb[name], name
+    assert ours.short_line_thr == fineweb["short_line_thr"]

@@ -29,7 +29,8 @@ def active_rule_sets(columns: list[str], *, config: FilterConfig) -> list[str]:
             continue
         missing = [c for c in FILTERS[name].requires if c not in columns]
         if missing:
-            log.warning("rule set %s skipped: the frame has no %s column", name, ", ".join(missing))
+            if FILTERS[name].rules(config.rule_set(name)):  # silent when it would decide nothing anyway
+                log.warning("rule set %s skipped: the frame has no %s column", name, ", ".join(missing))
             continue
         active.append(name)
     return active

@@ -42,8 +42,7 @@ def gopher_quality_signals(batch: Batch, rules: GopherQualityRules) -> pl.DataFr
     n = pl.col("n_tokens")
     return both.select(
         gq_words=pl.col("words").cast(pl.Int64),
-        gq_mean_word_length=pl.when(pl.col("words") > 0).then(
-            pl.col("word_chars").cast(pl.Float64) / pl.col("words")).otherwise(None),
+        gq_mean_word_length=ratio(pl.col("word_chars"), pl.col("words")),
         gq_hash_ratio=ratio(pl.col("hashes"), n),
         gq_ellipsis_ratio=ratio(pl.col("ellipses"), n),
         gq_bullet_lines_ratio=ratio(pl.col("bullets"), pl.col("lines")),
@@ -56,12 +55,13 @@ def gopher_quality_signals(batch: Batch, rules: GopherQualityRules) -> pl.DataFr
 def gopher_quality_rules(rules: GopherQualityRules) -> Rules:
     """In datatrove's order; a rule whose threshold is None is skipped."""
     out: Rules = []
-    mean = pl.col("gq_mean_word_length")
+    # a document without words has no mean word length (0.0 here): datatrove's NaN fails no rule
+    mean, has_words = pl.col("gq_mean_word_length"), pl.col("gq_words") > 0
     for name, threshold, fails in (
         ("min_doc_words", rules.min_doc_words, lambda t: pl.col("gq_words") < t),
         ("max_doc_words", rules.max_doc_words, lambda t: pl.col("gq_words") > t),
-        ("min_avg_word_length", rules.min_avg_word_length, lambda t: (mean < t).fill_null(False)),
-        ("max_avg_word_length", rules.max_avg_word_length, lambda t: (mean > t).fill_null(False)),
+        ("min_avg_word_length", rules.min_avg_word_length, lambda t: has_words & (mean < t)),
+        ("max_avg_word_length", rules.max_avg_word_length, lambda t: has_words & (mean > t)),
         ("hash_ratio", rules.max_symbol_word_ratio, lambda t: pl.col("gq_hash_ratio") > t),
         ("ellipsis_ratio", rules.max_symbol_word_ratio, lambda t: pl.col("gq_ellipsis_ratio") > t),
         ("bullet_lines", rules.max_bullet_lines_ratio, lambda t: pl.col("gq_bullet_lines_ratio") > t),

@@ -349,3 +349,75 @@ def _mixed_texts(n_each: int) -> list[str]:
     hq = [r["text"] for r in rows if r["label"] == "hq"][:n_each]
     lq = [r["text"] for r in rows if r["label"] == "lq"][:n_each]
     return [t for pair in zip(hq, lq) for t in pair]
+
+
+def _smollm2(url: str, **kw) -> OpenAIBackend:
+    cfg = OpenAIBackendConfig(base_url=url, model="smollm2-135m", timeout_s=120, max_retries=1, concurrency=2, **kw)
+    return make_backend(cfg)  # type: ignore[return-value]
+
+
+@pytest.mark.slow
+def test_llm_grading_with_llama_cpp_server(llm_server: str) -> None:
+    """Free-form replies of the real 135M model: most ignore the format. Every reply is kept,
+    every grade is in range or None, and the Nones are counted as unparseable."""
+    backend = _smollm2(llm_server, max_tokens=24, seed=0)
+    assert backend.models() == ["smollm2-135m"]
+    texts = _mixed_texts(2)
+    result = grade_documents_detailed(texts, backend=backend, max_chars=400)
+    assert result.failed == 0 and len(result.grades) == len(texts)
+    assert all(isinstance(r, str) and r.strip() for r in result.replies)
+    assert all(g is None or 0 <= g <= 5 for g in result.grades)
+    assert result.unparseable == sum(g is None for g in result.grades)
+    assert [parse_grade(r) for r in result.replies] == result.grades
+    assert result.model_name == "smollm2-135m" and result.docs_per_second > 0
+    # Greedy decoding with a seed: the same prompt gives the same reply.
+    again = grade_documents_detailed(texts[:1], backend=backend, max_chars=400)
+    assert again.replies == result.replies[:1]
+
+
+@pytest.mark.slow
+def test_distill_with_llama_cpp_server(llm_server: str, tmp_path: Path) -> None:
+    """LLM-graded distillation end to end with the real model: grammar-constrained replies
+    (the score line only), sampled at temperature 1 with a seed so the tiny model's grades
+    spread over the scale; a classifier is trained on them, written, and scores texts."""
+    from textmill.filters.quality_model import EDU_SCORE_GRAMMAR
+
+    backend = _smollm2(llm_server, max_tokens=16, temperature=1.0, seed=0,
+                       extra_body={"grammar": EDU_SCORE_GRAMMAR})
+    texts = _mixed_texts(20)
+    report = distill(texts, backend=backend, output=tmp_path / "edu.bin", sample_size=24, seed=0, min_grade=2,
+                     max_chars=400, train=QualityTrainConfig(holdout_fraction=0.25, **SMALL))
+    assert report.n_texts == 40 and report.n_sampled == 24 and report.failed == 0
+    assert report.n_graded + report.unparseable == 24
+    assert report.n_graded >= 18  # constrained replies parse unless cut short
+    assert set(report.grade_counts) <= set(range(6)) and sum(report.grade_counts.values()) == report.n_graded
+    assert report.train.n_train + report.train.n_heldout == report.n_graded
+    assert report.train.labels.keys() == {"hq", "lq"}
+    assert report.heldout_agreement is not None and 0.0 <= report.heldout_agreement <= 1.0
+    assert report.grading_docs_per_second > 0 and report.grader_model == "smollm2-135m"
+    rows = [json.loads(line) for line in open(report.grades_path)]
+    assert len(rows) == 24 and all(r["reply"].startswith("Educational score:") for r in rows)
+    assert all((r["grade"] is None) == (r["label"] is None) for r in rows)
+    assert all(r["label"] == ("hq" if r["grade"] >= 2 else "lq") for r in rows if r["grade"] is not None)
+    scores = score_quality(pl.Series(texts), model_path=report.train.model_path)
+    assert scores.null_count() == 0 and scores.is_between(0.0, 1.0).all() and scores.n_unique() > 1
+
+
+@pytest.mark.slow
+def test_llama_cpp_in_process_backend() -> None:
+    from textmill.filters.quality_model import EDU_SCORE_GRAMMAR
+    from textmill.rewrite import LlamaCppBackend, LlamaCppBackendConfig
+
+    cfg = LlamaCppBackendConfig(model_path=str(smollm2_gguf()), n_ctx=1024, n_threads=2, max_tokens=16,
+                                seed=0, grammar=EDU_SCORE_GRAMMAR)
+    backend = make_backend(cfg)
+    try:
+        assert isinstance(backend, LlamaCppBackend) and isinstance(backend, LLMBackend)
+        assert backend.model_name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+        text = _mixed_texts(1)[0]
+        grades = grade_documents([text, text], backend=backend, max_chars=300)
+        assert grades[0] is not None and 0 <= grades[0] <= 5 and grades[0] == grades[1]
+        with pytest.raises(BackendError, match="llama.cpp"):
+            backend.generate("word " * 1500)  # longer than n_ctx
+    finally:
+        backend.close()

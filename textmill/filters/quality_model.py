@@ -550,6 +550,11 @@ Extract:
 Answer with the line "Educational score: N", where N is a whole number from 0 to 5, \
 then one short sentence saying why."""
 
+#: GBNF grammar that makes a llama.cpp model answer EDU_PROMPT_TEMPLATE with the score line
+#: only: `extra_body={"grammar": EDU_SCORE_GRAMMAR}` (server) or `grammar=` (in-process).
+#: Small models often ignore the format; constrained decoding makes every complete reply parse.
+EDU_SCORE_GRAMMAR = 'root ::= "Educational score: " [0-5]'
+
 _NUM = r"(\d+(?:\.\d+)?|zero|one|two|three|four|five)"
 _WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 _GRADE_PATTERNS = [

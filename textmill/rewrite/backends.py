@@ -118,7 +118,9 @@ class OpenAIBackendConfig(_Sampling):
     backoff_s: float = Field(default=0.5, ge=0.0, description="delay before the first retry; doubles each retry")
     backoff_max_s: float = Field(default=30.0, ge=0.0, description="cap on one delay (also on Retry-After)")
     concurrency: int = Field(default=4, ge=1, description="requests in flight at once in generate_batch")
-    extra_body: dict[str, Any] = Field(default_factory=dict, description="extra request fields, e.g. top_k")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra request fields, e.g. top_k, or grammar (llama.cpp) / guided_regex (vLLM) for constrained replies")
 
     @field_validator("base_url")
     @classmethod
@@ -137,6 +139,7 @@ class LlamaCppBackendConfig(_Sampling):
     n_threads: int | None = Field(default=None, ge=1, description="CPU threads; None: llama.cpp's default")
     n_batch: int = Field(default=512, ge=1, description="prompt tokens evaluated per step")
     chat_format: str | None = Field(default=None, description="None: the template stored in the GGUF file")
+    grammar: str | None = Field(default=None, description="GBNF grammar every reply must follow (constrained decoding)")
 
 
 BackendConfig = Annotated[Union[OpenAIBackendConfig, LlamaCppBackendConfig], Field(discriminator="kind")]
@@ -324,7 +327,7 @@ class LlamaCppBackend:
 
     def __init__(self, config: LlamaCppBackendConfig) -> None:
         try:
-            from llama_cpp import Llama
+            from llama_cpp import Llama, LlamaGrammar
         except ImportError as exc:  # optional dependency
             raise BackendError("the llama_cpp backend needs llama-cpp-python (pip install llama-cpp-python)") from exc
         self.config = config
@@ -338,6 +341,7 @@ class LlamaCppBackend:
             chat_format=config.chat_format,
             verbose=False,
         )
+        self._grammar = LlamaGrammar.from_string(config.grammar, verbose=False) if config.grammar else None
 
     @property
     def model_name(self) -> str:
@@ -353,6 +357,8 @@ class LlamaCppBackend:
             kwargs["seed"] = cfg.seed
         if cfg.stop:
             kwargs["stop"] = list(cfg.stop)
+        if self._grammar is not None:
+            kwargs["grammar"] = self._grammar
         try:
             with self._lock:
                 body = self._llm.create_chat_completion(messages=_messages(prompt, system), **kwargs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from textmill.filters.batch import ROW, Batch, first_occurrence, ratio, splitlines
+from textmill.filters.batch import ROW, Batch, first_occurrence, ratio, repeated
 from textmill.filters.config import GopherQualityRules, GopherRepetitionRules
 
 Rules = list[tuple[str, pl.Expr]]
@@ -21,24 +21,16 @@ Rules = list[tuple[str, pl.Expr]]
 def gopher_quality_signals(batch: Batch, rules: GopherQualityRules) -> pl.DataFrame:
     """gq_words, gq_mean_word_length, gq_hash_ratio, gq_ellipsis_ratio, gq_bullet_lines_ratio,
     gq_ellipsis_lines_ratio, gq_alpha_words_ratio, gq_stop_words."""
-    per_doc = batch.tokens.group_by(ROW).agg(
-        n_tokens=pl.len(),
-        words=pl.col("word").sum(),
-        word_chars=pl.col("len").filter(pl.col("word")).sum(),
-        alpha=pl.col("alpha").sum(),
-        stop=pl.col("stop").drop_nulls().n_unique(),
-    )
-    counts = batch.align(per_doc, {"n_tokens": 0, "words": 0, "word_chars": 0, "alpha": 0, "stop": 0})
-    text = pl.col("text")
-    lines = splitlines(text)
-    line_counts = batch.docs.select(
+    counts = batch.token_stats.rename({"n_words": "n_tokens", "stop_words": "stop"})
+    text, line = pl.col("text"), pl.col("line")
+    per_line = batch.lines.group_by(ROW).agg(
+        lines=pl.len(), bullets=line.str.contains(r"^\s*[•\-]").sum(),
+        end_ellipsis=line.str.contains(r"(?:\.\.\.|…)\s*$").sum())
+    symbols = batch.docs.select(
         hashes=text.str.count_matches("#", literal=True),
-        ellipses=text.str.count_matches("...", literal=True) + text.str.count_matches("…", literal=True),
-        lines=lines.list.len(),
-        bullets=lines.list.eval(pl.element().str.contains(r"^\s*[•\-]")).list.sum(),
-        end_ellipsis=lines.list.eval(pl.element().str.contains(r"(?:\.\.\.|…)\s*$")).list.sum(),
-    )
-    both = pl.concat([counts, line_counts], how="horizontal")
+        ellipses=text.str.count_matches("...", literal=True) + text.str.count_matches("…", literal=True))
+    both = pl.concat([counts, symbols, batch.align(per_line, {"lines": 0, "bullets": 0, "end_ellipsis": 0})],
+                     how="horizontal")
     n = pl.col("n_tokens")
     return both.select(
         gq_words=pl.col("words").cast(pl.Int64),
@@ -97,7 +89,7 @@ def _repeated_ngrams(tokens: pl.DataFrame, sizes: list[int]) -> dict[int, pl.Dat
     hashes, lengths = tokens["h"], tokens["len"].cast(pl.Int64)
     current = tokens.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_pos"), ROW, key="h",
                             len=pl.col("len").cast(pl.Int64))
-    current = current.filter(pl.struct(ROW, "key").is_duplicated())
+    current = current.filter(repeated("key"))
     out: dict[int, pl.DataFrame] = {1: current} if 1 in sizes else {}
     for n in range(2, max(sizes, default=1) + 1):
         # n-gram at p = (n-1)-gram at p + token p+n-1; both (n-1)-grams at p and p+1 must repeat
@@ -106,29 +98,35 @@ def _repeated_ngrams(tokens: pl.DataFrame, sizes: list[int]) -> dict[int, pl.Dat
         last = grown["_pos"] + (n - 1)
         grown = grown.with_columns(_h=hashes.gather(last), _l=lengths.gather(last))
         grown = grown.select("_pos", ROW, key=pl.struct("key", "_h").hash(), len=pl.col("len") + pl.col("_l"))
-        current = grown.filter(pl.struct(ROW, "key").is_duplicated())
+        current = grown.filter(repeated("key"))
         if n in sizes:
             out[n] = current
     return out
 
 
-def _top_ngram_chars(tokens: pl.DataFrame, repeated: pl.DataFrame, n: int) -> pl.DataFrame:
+def _document_starts(tokens: pl.DataFrame) -> pl.DataFrame:
+    """ROW, index of its first token, and its number of tokens."""
+    return (tokens.select(ROW).with_row_index("_start").group_by(ROW, maintain_order=True)
+            .agg(pl.col("_start").first().cast(pl.Int64), _count=pl.len()))
+
+
+def _top_ngram_chars(lengths: pl.Series, starts: pl.DataFrame, grams: pl.DataFrame, n: int) -> pl.DataFrame:
     """Characters of the most frequent n-gram (first seen wins ties) times its count, per document.
 
     The n-gram is joined with single spaces, as datatrove joins it. A document whose
     n-grams are all distinct scores its first n-gram once.
     """
-    counted = repeated.group_by(ROW, "key").agg(count=pl.len(), first=pl.col("_pos").min(), chars=pl.col("len").first())
+    counted = grams.group_by(ROW, "key").agg(count=pl.len(), first=pl.col("_pos").min(), chars=pl.col("len").first())
     best = counted.group_by(ROW).agg(
         top=((pl.col("chars") + (n - 1)) * pl.col("count")).sort_by(["count", "first"], descending=[True, False])
         .first())
-    starts = tokens.select(ROW, len=pl.col("len").cast(pl.Int64)).group_by(ROW, maintain_order=True).agg(
-        first=pl.col("len").head(n).sum() + (n - 1), n_tokens=pl.len())
-    single = starts.filter(pl.col("n_tokens") >= n).select(ROW, top=pl.col("first"))
-    return pl.concat([best, single.join(best, on=ROW, how="anti")], how="vertical")
+    single = starts.filter(pl.col("_count") >= n).join(best, on=ROW, how="anti")
+    first_chars = sum((lengths.gather(single["_start"] + k) for k in range(1, n)), lengths.gather(single["_start"]))
+    single = single.select(ROW).with_columns(top=first_chars + (n - 1))
+    return pl.concat([best, single], how="vertical")
 
 
-def _duplicated_ngram_chars(repeated: pl.DataFrame, n: int) -> pl.DataFrame:
+def _duplicated_ngram_chars(grams: pl.DataFrame, n: int) -> pl.DataFrame:
     """Characters of repeated n-grams as a left-to-right scan counts them, per document.
 
     The scan (datatrove's) counts an n-gram seen before and jumps n words ahead. Here a
@@ -136,7 +134,7 @@ def _duplicated_ngram_chars(repeated: pl.DataFrame, n: int) -> pl.DataFrame:
     which is the scan's result unless two runs are less than n words apart or the first
     occurrence of an n-gram fell inside a jump (see docs/filter-parity.md).
     """
-    grams = repeated.with_columns(_dup=~pl.struct(ROW, "key").is_first_distinct())
+    grams = grams.with_columns(_dup=~first_occurrence("key"))
     previous_dup = ((pl.col("_pos").shift(1) == pl.col("_pos") - 1) & pl.col("_dup").shift(1)).fill_null(False)
     grams = grams.with_columns(_start=pl.col("_dup") & ~previous_dup)
     grams = grams.with_columns(
@@ -162,14 +160,15 @@ def gopher_repetition_signals(batch: Batch, rules: GopherRepetitionRules) -> pl.
         "gr_dup_line_char_frac": ratio(pl.col("line_dup_chars"), pl.col("_chars")),
     }
     tokens = batch.tokens.select(ROW, "h", "len")
-    repeated = _repeated_ngrams(tokens, [n for n, _ in (*rules.top_n_grams, *rules.dup_n_grams)])
+    grams = _repeated_ngrams(tokens, [n for n, _ in (*rules.top_n_grams, *rules.dup_n_grams)])
+    starts, lengths = _document_starts(tokens), tokens["len"].cast(pl.Int64)
     extra = []
     for n, _ in rules.top_n_grams:
-        top = _top_ngram_chars(tokens, repeated[n], n)
+        top = _top_ngram_chars(lengths, starts, grams[n], n)
         extra.append(batch.align(top.rename({"top": f"_top{n}"}), {f"_top{n}": 0}))
         columns[f"gr_top_{n}_gram_char_frac"] = ratio(pl.col(f"_top{n}"), pl.col("_chars"))
     for n, _ in rules.dup_n_grams:
-        dup = _duplicated_ngram_chars(repeated[n], n)
+        dup = _duplicated_ngram_chars(grams[n], n)
         extra.append(batch.align(dup.rename({"dup": f"_dup{n}"}), {f"_dup{n}": 0}))
         columns[f"gr_dup_{n}_gram_char_frac"] = ratio(pl.col(f"_dup{n}"), pl.col("_chars"))
     return pl.concat([out, *extra], how="horizontal").select(**columns)

@@ -92,9 +92,7 @@ def url_rules(rules: UrlBlocklistRules) -> Rules:
 
 def badwords_signals(batch: Batch, rules: BadWordsRules) -> pl.DataFrame:
     """bad_words, bad_words_ratio (share of tokens on the bad-word list)."""
-    per_doc = batch.tokens.group_by(ROW).agg(bad_words=pl.col("bad").sum().cast(pl.Int64))
-    counts = pl.concat([batch.align(per_doc, {"bad_words": 0}), batch.token_counts], how="horizontal")
-    return counts.select("bad_words", bad_words_ratio=ratio(pl.col("bad_words"), pl.col("n_words")))
+    return batch.token_stats.select("bad_words", bad_words_ratio=ratio(pl.col("bad_words"), pl.col("n_words")))
 
 
 def badwords_rules(rules: BadWordsRules) -> Rules:

@@ -310,6 +310,7 @@ def test_grading_counts_unparseable_and_failed_replies() -> None:
         assert result.grades == [None, 4, None, None, 0]
         assert result.failed == 1 and result.unparseable == 2
         assert result.replies[2] == "I cannot judge this."
+        assert "HTTP 400" in result.errors[0] and result.errors[1:] == [None] * 4
         assert "doc-a" in server.bodies[1]["messages"][-1]["content"]
         assert "Educational score: N" in server.bodies[1]["messages"][-1]["content"]
     with pytest.raises(QualityModelError, match="placeholder"):

@@ -126,6 +126,7 @@ class GradingResult(_Strict):
 
     grades: list[int | None]
     replies: list[str | None]
+    errors: list[str | None] = Field(description="the backend's error for each failed request")
     unparseable: int = Field(description="replies without a score in range")
     failed: int = Field(description="requests that failed after the backend's retries")
     seconds: float
@@ -610,12 +611,16 @@ def grade_documents_detailed(
     results = backend.generate_batch(prompts, system=system, errors="return")
     grades: list[int | None] = []
     replies: list[str | None] = []
+    errors: list[str | None] = []
     unparseable = failed = 0
-    for res in results:
+    for i, res in enumerate(results):
         if isinstance(res, BackendError):
             failed += 1
+            if failed <= 5:
+                log.warning("grading text %d failed: %s", i, res)
             grades.append(None)
             replies.append(None)
+            errors.append(str(res))
             continue
         assert isinstance(res, Completion)
         grade = parse_grade(res.text, max_grade=max_grade)
@@ -623,8 +628,9 @@ def grade_documents_detailed(
             unparseable += 1
         grades.append(grade)
         replies.append(res.text)
+        errors.append(None)
     seconds = time.perf_counter() - start
-    result = GradingResult(grades=grades, replies=replies, unparseable=unparseable, failed=failed,
+    result = GradingResult(grades=grades, replies=replies, errors=errors, unparseable=unparseable, failed=failed,
                            seconds=seconds, docs_per_second=len(texts) / seconds if seconds > 0 else 0.0,
                            model_name=backend.model_name)
     log.info("graded %d texts with %s in %.1fs: %d unparseable, %d failed", len(texts), backend.model_name,
@@ -696,10 +702,10 @@ def distill(
     rows_label: list[str] = []
     rows_grade: list[int] = []
     with open(grades_path, "w", encoding="utf-8") as fh:
-        for i, (text, grade, reply) in enumerate(zip(texts, graded.grades, graded.replies)):
+        for i, (text, grade, reply, error) in enumerate(zip(texts, graded.grades, graded.replies, graded.errors)):
             label = None if grade is None else (HQ_LABEL if grade >= min_grade else LQ_LABEL)
-            fh.write(json.dumps({"row": i, "grade": grade, "label": label, "reply": reply, "text": text},
-                                ensure_ascii=False) + "\n")
+            fh.write(json.dumps({"row": i, "grade": grade, "label": label, "reply": reply, "error": error,
+                                 "text": text}, ensure_ascii=False) + "\n")
             if label is not None:
                 rows_text.append(text)
                 rows_label.append(label)

@@ -140,6 +140,13 @@ def test_gopher_repetition_counts_every_nth_position_of_a_long_run() -> None:
     assert s["gr_dup_5_gram_char_frac"] == pytest.approx(3 * 26 / len(text))
 
 
+def test_gopher_repetition_scan_skips_ngrams_inside_a_jump() -> None:
+    # the scan counts "A B C D E" at word 5 and jumps to word 10, so the first "B C D E F"
+    # (word 6) is never recorded and its second occurrence (word 11) is not a repeat
+    text = "A B C D E A B C D E F B C D E F"
+    assert signals(text, "gopher_repetition")["gr_dup_5_gram_char_frac"] == pytest.approx(5 / len(text))
+
+
 # --- C4 -----------------------------------------------------------------------------------
 
 C4_TEXT = "\n".join([

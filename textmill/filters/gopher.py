@@ -8,12 +8,16 @@ length rules is a token with a character outside the punctuation set, lines are
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import polars as pl
 
 from textmill.filters.batch import ROW, Batch, first_occurrence, ratio, repeated
 from textmill.filters.config import GopherQualityRules, GopherRepetitionRules
 
 Rules = list[tuple[str, pl.Expr]]
+log = logging.getLogger(__name__)
 
 
 # --- quality ------------------------------------------------------------------------------
@@ -126,21 +130,81 @@ def _top_ngram_chars(lengths: pl.Series, starts: pl.DataFrame, grams: pl.DataFra
     return pl.concat([best, single], how="vertical")
 
 
-def _duplicated_ngram_chars(grams: pl.DataFrame, n: int) -> pl.DataFrame:
-    """Characters of repeated n-grams as a left-to-right scan counts them, per document.
+def _jump_chain(pos: np.ndarray, row: np.ndarray, n: int) -> np.ndarray:
+    """Which of the sorted positions a scan that jumps n ahead from each hit lands on.
 
-    The scan (datatrove's) counts an n-gram seen before and jumps n words ahead. Here a
-    run of consecutive repeated n-grams is counted at every n-th position from its start,
-    which is the scan's result unless two runs are less than n words apart or the first
-    occurrence of an n-gram fell inside a jump (see docs/filter-parity.md).
+    Per document the first position is hit; from a hit p the next hit is the first position
+    >= p + n of the same document. Reachability along these links is marked by pointer
+    doubling (log of the chain length vectorized passes), not by walking the chains.
     """
-    grams = grams.with_columns(_dup=~first_occurrence("key"))
-    previous_dup = ((pl.col("_pos").shift(1) == pl.col("_pos") - 1) & pl.col("_dup").shift(1)).fill_null(False)
-    grams = grams.with_columns(_start=pl.col("_dup") & ~previous_dup)
-    grams = grams.with_columns(
-        _run_start=pl.when(pl.col("_start")).then(pl.col("_pos")).otherwise(None).forward_fill())
-    counted = pl.col("_dup") & ((pl.col("_pos") - pl.col("_run_start")) % n == 0)
-    return grams.filter(counted).group_by(ROW).agg(dup=pl.col("len").sum())
+    m = len(pos)
+    nxt = np.searchsorted(pos, pos + n, side="left")
+    ok = nxt < m
+    ok[ok] &= row[nxt[ok]] == row[ok]
+    jump = np.where(ok, nxt, -1)
+    hit = np.ones(m, dtype=bool)
+    hit[1:] = row[1:] != row[:-1]
+    while True:
+        frm = hit & (jump >= 0)
+        if not frm.any():
+            return hit
+        hit[jump[frm]] = True
+        linked = jump >= 0
+        doubled = np.full(m, -1, dtype=jump.dtype)
+        doubled[linked] = jump[jump[linked]]
+        jump = doubled
+
+
+def _scan_step(pos: np.ndarray, row: np.ndarray, kid: np.ndarray, visited: np.ndarray,
+               n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Given which repeated n-grams the scan visits: the ones it counts, and the visits that implies."""
+    m = len(pos)
+    seen = np.flatnonzero(visited)
+    first = np.zeros(m, dtype=bool)
+    first[seen[np.unique(kid[seen], return_index=True)[1]]] = True
+    eligible = np.flatnonzero(visited & ~first)  # visited, and recorded at an earlier visit
+    counted = np.zeros(m, dtype=bool)
+    counted[eligible[_jump_chain(pos[eligible], row[eligible], n)]] = True
+    hits, hit_rows = pos[counted], row[counted]
+    if not len(hits):
+        return counted, np.ones(m, dtype=bool)
+    last = np.searchsorted(hits, pos, side="right") - 1
+    at = np.maximum(last, 0)
+    inside = (last >= 0) & (hit_rows[at] == row) & (pos > hits[at]) & (pos < hits[at] + n)
+    return counted, ~inside
+
+
+def _duplicated_ngram_chars(grams: pl.DataFrame, n: int, *, max_rounds: int = 100_000) -> pl.DataFrame:
+    """Characters of repeated n-grams as datatrove's left-to-right scan counts them, per document.
+
+    The scan records each n-gram it visits; an n-gram recorded before is counted and the
+    scan jumps n words ahead, so n-grams inside a jump are neither counted nor recorded.
+    Only n-grams occurring twice in a document can matter, so the scan is solved on those:
+    assume every one is visited, derive what is counted (first recorded occurrence per
+    document by `np.unique`, the jump chains by pointer doubling), derive the visits that
+    implies, and repeat until nothing changes. Every round fixes at least the earliest wrong
+    visit of each document, so the result is the scan's exactly; converged documents leave
+    the working set, so the rounds of a few very repetitive documents stay cheap.
+    """
+    if grams.is_empty():
+        return pl.DataFrame(schema={ROW: pl.UInt32, "dup": pl.Int64})
+    grams = grams.with_columns(_kid=pl.struct(ROW, "key").hash())
+    pos, row, kid = grams["_pos"].to_numpy(), grams[ROW].to_numpy(), grams["_kid"].to_numpy()
+    counted_all = np.zeros(len(pos), dtype=bool)
+    active, visited = np.arange(len(pos)), np.ones(len(pos), dtype=bool)
+    for _ in range(max_rounds):
+        counted, implied = _scan_step(pos[active], row[active], kid[active], visited, n)
+        changed = implied != visited
+        done = ~np.isin(row[active], np.unique(row[active][changed]))
+        counted_all[active[done]] = counted[done]
+        active, visited = active[~done], implied[~done]
+        if not active.size:
+            break
+    else:
+        log.warning("duplicated %d-gram scan: %d documents not settled after %d rounds", n,
+                    len(np.unique(row[active])), max_rounds)
+        counted_all[active] = counted[~done]
+    return grams.filter(pl.Series(counted_all)).group_by(ROW).agg(dup=pl.col("len").sum())
 
 
 def gopher_repetition_signals(batch: Batch, rules: GopherRepetitionRules) -> pl.DataFrame:

@@ -18,9 +18,10 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from llm_server import ScriptedServer, llm_server, smollm2_gguf  # noqa: F401  (fixture)
+pytest.register_assert_rewrite("llm_server")  # a helper module with fixtures, imported below
+
+from llm_server import ScriptedServer, free_port, smollm2_gguf  # noqa: E402
 from textmill.filters.quality_model import (
-    EDU_PROMPT_TEMPLATE,
     QualityModelConfig,
     QualityModelError,
     QualityTrainConfig,
@@ -43,6 +44,8 @@ from textmill.rewrite import (
     OpenAIBackendConfig,
     make_backend,
 )
+
+pytest_plugins = ["llm_server"]  # the session-scoped `llm_server` fixture
 
 SAMPLE = Path(__file__).resolve().parents[1] / "textmill" / "sample" / "quality" / "labelled.jsonl.gz"
 # Small model settings: the sample has ~650 rows; the test model is a few MB.
@@ -99,8 +102,7 @@ def test_training_counts_bad_rows_and_rejects_one_label(tmp_path: Path) -> None:
     rows = _rows()[:40] + _rows()[-40:]
     path = tmp_path / "train.jsonl"
     with open(path, "w") as fh:
-        for r in rows:
-            fh.write(json.dumps({"body": r["text"], "quality": 1 if r["label"] == "hq" else 0}) + "\n")
+        fh.writelines(json.dumps({"body": r["text"], "quality": 1 if r["label"] == "hq" else 0}) + "\n" for r in rows)
         fh.write("{not json\n")
         fh.write(json.dumps({"body": "", "quality": 1}) + "\n")
         fh.write(json.dumps({"body": "text without a label"}) + "\n")
@@ -270,8 +272,6 @@ def test_backend_connection_refused_is_an_error() -> None:
 
 
 def _closed_port() -> int:
-    from llm_server import free_port
-
     return free_port()  # bound and released: nothing listens there
 
 

@@ -31,9 +31,10 @@ import random
 import re
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -95,7 +96,7 @@ class QualityModelConfig(_Strict):
     threads: int = Field(default=1, ge=1, description="fastText threads per call (parts already run in parallel)")
 
     @model_validator(mode="after")
-    def _one_rule(self) -> "QualityModelConfig":
+    def _one_rule(self) -> QualityModelConfig:
         if (self.threshold is None) == (self.top_percent is None):
             raise ValueError("set exactly one of threshold and top_percent")
         return self
@@ -472,13 +473,13 @@ class ScoreHistogram:
     def total(self) -> int:
         return int(self.counts.sum())
 
-    def update(self, scores: pl.Series | np.ndarray | Sequence[float]) -> "ScoreHistogram":
+    def update(self, scores: pl.Series | np.ndarray | Sequence[float]) -> ScoreHistogram:
         arr = pl.Series(scores, dtype=pl.Float64).drop_nulls().drop_nans().to_numpy()
         idx = np.clip(np.searchsorted(self._edges, arr, side="right") - 1, 0, self.bins - 1)
         self.counts += np.bincount(idx, minlength=self.bins)
         return self
 
-    def merge(self, other: "ScoreHistogram") -> "ScoreHistogram":
+    def merge(self, other: ScoreHistogram) -> ScoreHistogram:
         if other.bins != self.bins:
             raise QualityModelError(f"cannot merge histograms of {self.bins} and {other.bins} bins")
         return ScoreHistogram(bins=self.bins, counts=self.counts + other.counts)
@@ -500,7 +501,7 @@ class ScoreHistogram:
         return {"bins": self.bins, "index": nz.tolist(), "counts": self.counts[nz].tolist()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ScoreHistogram":
+    def from_dict(cls, data: dict[str, Any]) -> ScoreHistogram:
         counts = np.zeros(int(data["bins"]), dtype=np.int64)
         counts[np.asarray(data["index"], dtype=np.int64)] = np.asarray(data["counts"], dtype=np.int64)
         return cls(bins=int(data["bins"]), counts=counts)
@@ -559,10 +560,10 @@ EDU_SCORE_GRAMMAR = 'root ::= "Educational score: " [0-5]'
 _NUM = r"(\d+(?:\.\d+)?|zero|one|two|three|four|five)"
 _WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 _GRADE_PATTERNS = [
-    re.compile(r"educational\s+(?:value\s+)?score\W{0,6}" + _NUM, re.I),
-    re.compile(r"\b(?:score|grade|rating|points?)\b\W{0,6}(?:is\s+|of\s+)?" + _NUM, re.I),
-    re.compile(_NUM + r"\s*(?:/\s*5|out\s+of\s+(?:5|five))\b", re.I),
-    re.compile(r"^\W*" + _NUM + r"\W*$", re.I),
+    re.compile(r"educational\s+(?:value\s+)?score\W{0,6}" + _NUM, re.IGNORECASE),
+    re.compile(r"\b(?:score|grade|rating|points?)\b\W{0,6}(?:is\s+|of\s+)?" + _NUM, re.IGNORECASE),
+    re.compile(_NUM + r"\s*(?:/\s*5|out\s+of\s+(?:5|five))\b", re.IGNORECASE),
+    re.compile(r"^\W*" + _NUM + r"\W*$", re.IGNORECASE),
 ]
 
 

@@ -25,9 +25,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Mapping, Protocol, Sequence, Union, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, Union, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -142,7 +143,7 @@ class LlamaCppBackendConfig(_Sampling):
     grammar: str | None = Field(default=None, description="GBNF grammar every reply must follow (constrained decoding)")
 
 
-BackendConfig = Annotated[Union[OpenAIBackendConfig, LlamaCppBackendConfig], Field(discriminator="kind")]
+BackendConfig = Annotated[OpenAIBackendConfig | LlamaCppBackendConfig, Field(discriminator="kind")]
 
 
 def _messages(prompt: Prompt, system: str | None) -> list[dict[str, str]]:
@@ -272,7 +273,7 @@ class OpenAIBackend:
                     raise BackendError(f"POST {self._url} failed after {attempt} attempt(s): {failure}",
                                        status=exc.code, attempts=attempt) from exc
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
-            except (TimeoutError, socket.timeout) as exc:
+            except TimeoutError as exc:
                 if attempt == total:
                     raise BackendTimeout(f"POST {self._url}: no reply within timeout_s={cfg.timeout_s} "
                                          f"on {attempt} attempt(s)", attempts=attempt) from exc

@@ -380,7 +380,9 @@ def filtered(
         model_path = config.quality_model.model_path
         if not os.path.exists(model_path):
             raise FileNotFoundError(f"filtered.quality_model.model_path: no model file at {model_path}")
-        inputs.append({"kind": "quality_model", "sha256": _file_sha256(model_path)})
+        sidecar = model_path + ".json"  # the text rule and positive label scoring repeats
+        inputs.append({"kind": "quality_model", "sha256": _file_sha256(model_path),
+                       "sidecar_sha256": _file_sha256(sidecar) if os.path.exists(sidecar) else None})
     config_json = config.model_dump(mode="json", exclude={"checks", "examples_per_reason"})
     version = content_version(stage="filtered", code_version=CODE_VERSIONS["filtered"], config=config_json,
                               inputs=inputs)

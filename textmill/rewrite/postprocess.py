@@ -51,7 +51,7 @@ _REWRITE_WORDS = (r"(?:rewrit\w*|re-?writ\w*|rephras\w*|revis\w*|improv\w*|edit\
                   r"updated|new|final|better|clear\w*|version|article|summary|text|document|content|"
                   r"questions?|answers?|pairs?|encyclop\w*|wikipedia)")
 _PREAMBLE_LINE = [
-    re.compile(r"^\s*(?:sure|certainly|of course|okay|ok|absolutely|great|alright|gladly)\b[^\n]{0,200}$", re.I),
+    re.compile(r"^\s*(?:sure|certainly|of course|okay|ok|absolutely|great|alright|gladly)\s*[!,.:;][^\n]{0,200}$", re.I),
     re.compile(r"^\s*(?:here\s+is|here's|here\s+are|below\s+is|the\s+following\s+is|this\s+is|i\s+have|i've|"
                r"i\s+will|i'll|let\s+me)\b[^\n]{0,200}" + _REWRITE_WORDS + r"[^\n]{0,120}$", re.I),
     re.compile(r"^\s*[#*_\s]*(?:the\s+)?" + _REWRITE_WORDS + r"(?:\s+\w+){0,3}\s*[*_]*\s*:\s*[*_]*\s*$", re.I),
@@ -62,6 +62,7 @@ _POSTAMBLE_PARAGRAPH = re.compile(
     r"article)\b|i\s+hope\b|hope\s+this\b|let\s+me\s+know\b|feel\s+free\b|note\s*:|notes?\s+on\b|"
     r"in\s+this\s+(?:rewrite|version|revision)\b|i\s+(?:have\s+)?(?:made|kept|removed|rewrote|added)\b|"
     r"(?:changes|explanation)\s*:)", re.I)
+_FENCE_LINE = re.compile(r"^\s*(?:```\w*|~~~\w*|</?\s*(?:pre|code)\s*>\s*)+\s*$", re.I | re.M)
 _DOC_BLOCK = re.compile(r"<\s*document\s*>(.*?)(?:<\s*/\s*document\s*>|$)", re.I | re.S)
 _DOC_TAG = re.compile(r"<\s*/?\s*document\s*>", re.I)
 
@@ -69,11 +70,12 @@ _DOC_TAG = re.compile(r"<\s*/?\s*document\s*>", re.I)
 def strip_preamble(text: str) -> str:
     """The text without leading chat lines ("Sure! Here is the rewritten text:") and trailing
     remarks about the rewrite ("This revised version ...", "I hope this helps")."""
-    lines = text.strip().split("\n")
+    lines = _FENCE_LINE.sub("", text).strip().split("\n")
     for _ in range(3):  # at most three leading lines, e.g. "Sure!" / "" / "Here is ...:"
         while lines and not lines[0].strip():
             lines.pop(0)
-        if lines and len(lines) > 1 and any(p.match(lines[0]) for p in _PREAMBLE_LINE):
+        if lines and (len(lines) > 1 or lines[0].rstrip().endswith(":")) \
+                and any(p.match(lines[0]) for p in _PREAMBLE_LINE):
             lines.pop(0)
         else:
             break
@@ -111,14 +113,15 @@ _REFUSAL = re.compile(
     r"won't|will\s+not|am\s+unable|'m\s+unable|am\s+not\s+able|do\s+not\s+feel\s+comfortable)|as\s+an\s+ai\b|"
     r"as\s+a\s+(?:large\s+)?language\s+model)", re.I)
 _REFUSAL_TOPIC = re.compile(
-    r"\b(?:request|assist|help|comply|provide|fulfil+|rewrite|rephrase|this\s+(?:document|text|content|task)|"
+    r"\b(?:request\w*|assist\w*|help\w*|comply|provide|fulfil+|rewrit\w*|rephras\w*|this\s+(?:document|text|content|task)|"
     r"inappropriate|policy|guidelines|ai|language\s+model)\b", re.I)
 
 
 def is_refusal(text: str) -> bool:
-    """The reply opens by declining, and talks about the request (not a first-person document)."""
-    head = text.strip()[:400]
-    return bool(_REFUSAL.match(head)) and (len(text) < 600 or bool(_REFUSAL_TOPIC.search(head)))
+    """The reply opens by declining and talks about the request in its first lines (so a
+    first-person document opening "I cannot forget ..." is not one)."""
+    head = text.strip()[:300]
+    return bool(_REFUSAL.match(head)) and bool(_REFUSAL_TOPIC.search(head))
 
 
 # prompt injection -----------------------------------------------------------------------------------

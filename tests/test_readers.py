@@ -24,7 +24,8 @@ from textmill.ingest.extract import UndecodableError, decode_html, extract_text
 from textmill.ingest.readers import Record, Rejected, detect_format, read_parquet, read_records
 
 HTML = ("text/html", "application/xhtml+xml")
-SAMPLES = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "textmill" / "sample").glob("*/*.gz"))
+SAMPLES = sorted(p.name for folder in ("warc", "jsonl")  # the crawl sample, not the quality-classifier data
+                 for p in (Path(__file__).resolve().parents[1] / "textmill" / "sample" / folder).glob("*.gz"))
 
 
 def read(source: Path | bytes, name: str | None = None, *, max_bytes: int = 5_000_000):

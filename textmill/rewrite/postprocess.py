@@ -311,3 +311,17 @@ class Rescorer:
         judged = filter_frame(frame, config=config)
         return docs.with_columns(quality_score=judged["quality_score"].cast(pl.Float64),
                                  rescore_reason=judged["reject_reason"])
+
+
+# checks -------------------------------------------------------------------------------------------------
+def leaked_rows(rows: pl.DataFrame) -> pl.Series:
+    """For a rewritten version's rows (`text`, `rewrite_prompt`): whether each repeats its prompt's
+    wording, document tags or an injection phrase. The checks suite counts these (expected: 0)."""
+    by_key = {p.key: p for p in PROMPTS.values()}
+    out = []
+    for text, key in zip(rows["text"].to_list(), rows["rewrite_prompt"].to_list()):
+        prompt = by_key.get(key)
+        leak = bool(_INJECTION.search(text or "")) or (
+            prompt is not None and is_prompt_leak(text or "", prompt, parent=""))
+        out.append(leak)
+    return pl.Series("prompt_leak", out, dtype=pl.Boolean)

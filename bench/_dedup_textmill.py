@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--tokens", default="words_and_punctuation", choices=["words", "words_and_punctuation"])
     parser.add_argument("--bands", type=int, default=14)
     parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=1, help="MinHash seed (its spread is the F1 noise level)")
     parser.add_argument("--out", help="export: assignments Parquet file")
     args = parser.parse_args()
 
@@ -69,7 +70,7 @@ def main() -> int:
         else:
             raw_manifest = store.latest("raw", args.crawl)
             config = DedupConfig(minhash=MinHashConfig(ngram=args.ngram, tokens=args.tokens, bands=args.bands,
-                                                         rows=args.rows))
+                                                         rows=args.rows, seed=args.seed))
             result = deduped(store=store, crawl=args.crawl, raw_version=raw_manifest.version, config=config,
                              executor=executor)
     finally:

@@ -4,12 +4,13 @@ from dagster import Definitions
 
 from assets.deduped import deduped
 from assets.filtered import filtered
+from assets.rewritten import rewritten
 from assets.raw import raw
 from assets.resources import resource_from_env
 from assets.sensors import landing_sensor
 
 # every asset in lineage order; `textmill demo` materializes all of them for a crawl
-ALL_ASSETS = [raw, deduped, filtered]
+ALL_ASSETS = [raw, deduped, filtered, rewritten]
 
 defs = Definitions(
     assets=ALL_ASSETS,

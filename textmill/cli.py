@@ -136,7 +136,9 @@ def _summary(result, crawl: str, recipe) -> None:
         verdict = f"{passed}/{len(evaluations)} passed" + (f" [red](failed: {', '.join(failed)})[/red]" if failed else "")
         removed = meta.get("documents_in", 0) - meta.get("dagster/row_count", 0)
         set_aside = {"raw": f"{meta['quarantined']} quarantined",
-                     "filtered": f"{removed} rejected ({meta.get('recyclable', 0)} recyclable)"}.get(key, f"{removed} removed")
+                     "filtered": f"{removed} rejected ({meta.get('recyclable', 0)} recyclable)",
+                     "rewritten": f"{meta.get('selected', 0)} selected, {meta.get('dropped', 0)} dropped",
+                     }.get(key, f"{removed} removed")
         table.add_row(key, str(meta.get("version")), str(meta.get("dagster/row_count")), set_aside, verdict)
         paths.append((key, meta.get("path")))
     console.print(table)

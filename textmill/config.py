@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from textmill.filters.config import DEFAULT_ORDER, FilterConfig
 from textmill.filters.quality_model import QualityModelConfig
+from textmill.rewrite.config import RewriteConfig
 
 
 class RecipeError(ValueError):
@@ -176,6 +177,7 @@ class Recipe(_Strict):
     raw: RawConfig = Field(default_factory=RawConfig)
     deduped: DedupConfig = Field(default_factory=DedupConfig)
     filtered: FilteredConfig = Field(default_factory=FilteredConfig)
+    rewritten: RewriteConfig = Field(default_factory=RewriteConfig)
 
     @model_validator(mode="after")
     def _patterns_not_empty(self) -> "Recipe":

@@ -16,7 +16,7 @@ import posixpath
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import polars as pl
 
@@ -26,10 +26,14 @@ from textmill.ingest.readers import detect_format
 from textmill.ingest.shard import IngestTask, ShardResult, ingest_shard
 from textmill.storage import Manifest, Store, content_version, file_fingerprint
 
+if TYPE_CHECKING:
+    from textmill.rewrite.backends import LLMBackend
+    from textmill.rewrite.config import RewriteConfig
+
 log = logging.getLogger(__name__)
 
 # Bump a stage's code version when its output for the same inputs and config changes.
-CODE_VERSIONS = {"raw": "1", "deduped": "2", "filtered": "1"}
+CODE_VERSIONS = {"raw": "1", "deduped": "2", "filtered": "1", "rewritten": "1"}
 
 Progress = Callable[[int, int], None]
 
@@ -494,4 +498,99 @@ def filtered(
         extra_files={"rejected": rejected_parts},
     )
     store.remove_tree(work_dir)
+    return StageResult(manifest, False, store.uri(writer.folder))
+
+
+def rewritten(
+    *,
+    store: Store,
+    crawl: str,
+    filtered_version: str,
+    config: "RewriteConfig",
+    filter_config: FilteredConfig | None = None,
+    backend: "LLMBackend | None" = None,
+    progress: Progress | None = None,
+) -> StageResult:
+    """LLM rewrites of a filtered version's recyclable rejects (and, optionally, a sample of kept documents).
+
+    The version holds synthetic documents only (`is_synthetic`, `parent_id`, prompt and model);
+    rewrites that fail post-processing or the filtered rules are listed in `dropped-*.parquet`
+    with their reason. Replies are cached by (text, prompt version, model, parameters), so a
+    killed run resumes without regenerating anything, and a rerun with the same inputs is a no-op.
+    """
+    from textmill.rewrite.cache import RewriteCache
+    from textmill.rewrite.engine import backend_params, make_rewrite_backend, rewrite_documents
+    from textmill.rewrite.postprocess import Rescorer
+    from textmill.rewrite.select import select_inputs
+
+    filtered_manifest = store.manifest("filtered", crawl, filtered_version)
+    if filtered_manifest is None:
+        raise FileNotFoundError(f"filtered version {crawl}/{filtered_version} does not exist (or is unfinished)")
+    filter_config = filter_config or FilteredConfig()
+    own_backend = backend is None
+    backend = backend or make_rewrite_backend(config)
+    try:
+        # the model's name and sampling parameters, not a machine's file path, identify the output
+        identity = {"model": backend.model_name, "params": backend_params(backend)}
+        inputs = [{"kind": "version", "stage": "filtered", "partition": crawl, "version": filtered_version}]
+        config_json = config.model_dump(mode="json", exclude={"checks", "backend"}) | {"backend": identity} | {
+            "rescore_rules": filter_config.model_dump(mode="json", exclude={"checks", "examples_per_reason"})
+            if config.rescore else None}
+        version = content_version(stage="rewritten", code_version=CODE_VERSIONS["rewritten"], config=config_json,
+                                  inputs=inputs)
+        existing = store.manifest("rewritten", crawl, version)
+        if existing is not None:
+            log.info("rewritten/%s/%s exists; nothing to do", crawl, version)
+            return StageResult(existing, True, store.uri(store.version_dir("rewritten", crawl, version)))
+
+        started = time.perf_counter()
+        writer = store.begin("rewritten", crawl, version)
+        selection = select_inputs(store.scan_extra(filtered_manifest, "rejected"), store.scan(filtered_manifest),
+                                  config=config)
+        quality = filter_config.quality_model
+        rescorer = Rescorer(filter_config=filter_config,
+                            quality_model_path=quality.model_path if quality else None,
+                            quality_cutoff=filtered_manifest.statistics.get("quality_cutoff")) if config.rescore else None
+
+        def report(done: int, total: int) -> None:
+            log.info("rewritten %s: %d/%d requests", crawl, done, total, extra={"progress": ("rewritten", done, total)})
+            if progress:
+                progress(done, total)
+
+        result = rewrite_documents(selection, config=config, backend=backend, cache=RewriteCache(store),
+                                   rescorer=rescorer, progress=report)
+    finally:
+        if own_backend:
+            backend.close()
+    rows, dropped = result.rows.sort("id"), result.dropped.sort("parent_id", "rewrite_prompt")
+    part_rows = 20_000
+    parts = [store.write_parquet(rows.slice(i, part_rows), posixpath.join(writer.folder, f"part-{n:05d}.parquet"))
+             for n, i in enumerate(range(0, max(rows.height, 1), part_rows))]
+    dropped_parts = [store.write_parquet(dropped, posixpath.join(writer.folder, "dropped-00000.parquet"))] \
+        if dropped.height else []
+    stats = result.stats.to_dict()
+    kept_originals = filtered_manifest.rows
+    statistics = {
+        "selected": selection.height,
+        "selected_by_origin": dict(selection.group_by("origin").len().iter_rows()) if selection.height else {},
+        "selected_by_reason": dict(selection.filter(pl.col("reject_reason").is_not_null())
+                                   .group_by("reject_reason").len().iter_rows()) if selection.height else {},
+        "documents": rows.height,
+        "rewrites": stats,
+        "dropped_by_reason": stats["dropped_by_reason"],
+        "pass_rate": stats["pass_rate"],
+        "failed_request_share": round(stats["failed"] / stats["requests"], 6) if stats["requests"] else 0.0,
+        "synthetic_share": round(rows.height / (rows.height + kept_originals), 6) if rows.height else 0.0,
+        "examples": [{"parent_id": r["parent_id"], "prompt": r["rewrite_prompt"], "after": r["text"][:400]}
+                     for r in rows.head(3).iter_rows(named=True)],
+    }
+    wall = time.perf_counter() - started
+    timings = {"wall_seconds": round(wall, 4), "generation_seconds": stats["generation_seconds"],
+               "documents_per_second": stats["docs_per_second"],
+               "output_tokens_per_second": stats["output_tokens_per_second"]}
+    manifest = writer.commit(
+        code_version=CODE_VERSIONS["rewritten"], files=parts, inputs=inputs, config=config_json,
+        statistics=statistics, timings=timings, quarantine={"records": 0, "by_reason": {}},
+        extra_files={"dropped": dropped_parts},
+    )
     return StageResult(manifest, False, store.uri(writer.folder))

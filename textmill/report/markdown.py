@@ -58,3 +58,14 @@ def rejected_examples(statistics: dict[str, Any], *, chars: int = 160) -> str:
             lines.append(f"| {reason} | {counts.get(reason, 0):,} | {row['id'][:12]} | {_cell(row['url'] or '')} | "
                          f"{_cell(row['text'][:chars])}… |")
     return "\n".join(lines)
+
+
+def before_after(pairs: list[dict[str, Any]], *, chars: int = 300) -> str:
+    """Rewrites next to the documents they came from (`before`, `after`, `prompt`, `reason`)."""
+    if not pairs:
+        return "no rewrites"
+    lines = ["| prompt | parent's reject reason | before | after |", "|---|---|---|---|"]
+    for pair in pairs:
+        lines.append(f"| {pair['prompt']} | {pair.get('reason') or ''} | {_cell(pair['before'][:chars])}… | "
+                     f"{_cell(pair['after'][:chars])}… |")
+    return "\n".join(lines)

@@ -73,7 +73,7 @@ def test_demo_materializes_deduped_from_the_raw_version(demo_dir):
 @pytest.mark.slow
 def test_demo_twice_is_a_no_op(demo_dir):
     store = Store(str(demo_dir / ".textmill" / "data"))
-    stages = ("raw", "deduped", "filtered")
+    stages = ("raw", "deduped", "filtered", "rewritten")
     before = {stage: [m.version for m in store.versions(stage, "CC-MAIN-SAMPLE")] for stage in stages}
     result = _textmill("demo", "--recipe", str(REPO / "recipes" / "default.yaml"), cwd=demo_dir)
     assert result.returncode == 0, result.stderr
@@ -144,7 +144,7 @@ def test_ui_serves_the_asset_graph(demo_dir):
         with urllib.request.urlopen(request, timeout=30) as response:
             data = json.loads(response.read())
         nodes = data["data"]["assetNodes"]
-        assert sorted(node["assetKey"]["path"] for node in nodes) == [["deduped"], ["filtered"], ["raw"]]
+        assert sorted(node["assetKey"]["path"] for node in nodes) == [["deduped"], ["filtered"], ["raw"], ["rewritten"]]
         assert all("CC-MAIN-SAMPLE" in node["partitionKeysByDimension"][0]["partitionKeys"] for node in nodes)
     finally:
         os.killpg(process.pid, 15)

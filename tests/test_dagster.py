@@ -25,7 +25,8 @@ def _land(root: Path, crawl: str, *names: str) -> None:
 
 def test_definitions_load():
     graph = defs.resolve_asset_graph()
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {"raw", "deduped", "filtered"}
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {"raw", "deduped", "filtered", "rewritten"}
+    assert graph.get(AssetKey("rewritten")).parent_keys == {AssetKey("filtered")}
     assert graph.get(AssetKey("deduped")).parent_keys == {AssetKey("raw")}
     assert graph.get(AssetKey("filtered")).parent_keys == {AssetKey("deduped")}
     assert defs.resolve_sensor_def("landing_sensor") is not None
@@ -34,7 +35,7 @@ def test_definitions_load():
     checks = {key.name for key in graph.asset_check_keys}
     assert {"raw_schema", "raw_unique_ids", "raw_quarantine_rate", "deduped_no_exact_duplicates",
             "deduped_rate_within_bounds", "filtered_keep_rate_within_bounds", "filtered_no_pii_left"} <= checks
-    assert len(ALL_ASSETS) == 3
+    assert len(ALL_ASSETS) == 4
 
 
 def test_sensor_adds_new_crawls_and_requests_runs(tmp_path):
@@ -107,7 +108,7 @@ def test_deduped_materializes_from_the_recorded_raw_version(tmp_path):
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("crawls", ["CC-A"])
     resources = {"textmill": TextmillResource(root=str(tmp_path))}
-    result = materialize(ALL_ASSETS, partition_key="CC-A", instance=instance, resources=resources)
+    result = materialize(ALL_ASSETS[:3], partition_key="CC-A", instance=instance, resources=resources)
     assert result.success
     raw_meta = {k: v.value for k, v in result.asset_materializations_for_node("raw")[0].metadata.items()}
     meta = {k: v.value for k, v in result.asset_materializations_for_node("deduped")[0].metadata.items()}
@@ -140,7 +141,7 @@ def test_filtered_check_bounds_block_the_run(tmp_path):
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("crawls", ["CC-A"])
     resources = {"textmill": TextmillResource(root=str(tmp_path), recipe_path=str(recipe))}
-    result = materialize(ALL_ASSETS, partition_key="CC-A", instance=instance, resources=resources,
+    result = materialize(ALL_ASSETS[:3], partition_key="CC-A", instance=instance, resources=resources,
                          raise_on_error=False)
     failed = sorted(e.check_name for e in result.get_asset_check_evaluations() if not e.passed)
     assert failed == ["filtered_keep_rate_within_bounds", "filtered_rule_removal_within_bounds"]
@@ -158,3 +159,29 @@ def test_deduped_without_raw_materialization_fails_clearly(tmp_path):
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert "raw has no materialization for partition CC-A" in str(failure)
+
+
+@pytest.mark.slow
+def test_rewritten_materializes_with_the_local_model_and_provenance(tmp_path):
+    _land(tmp_path, "CC-A", "cc-main-2020-34-sample.warc.gz", "dolma-wget-2024-sample-0000.warc.gz")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("rewritten:\n  max_documents: 2\n  max_input_chars: 800\n")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("crawls", ["CC-A"])
+    resources = {"textmill": TextmillResource(root=str(tmp_path), recipe_path=str(recipe))}
+    result = materialize(ALL_ASSETS, partition_key="CC-A", instance=instance, resources=resources)
+    assert result.success
+    meta = {k: v.value for k, v in result.asset_materializations_for_node("rewritten")[0].metadata.items()}
+    assert meta["selected"] == 2
+    assert meta["requests"] + meta["cache_hits"] == 2 and meta["tokens_out"] > 0
+    assert "SmolLM2" in meta["model"] or "smollm2" in meta["model"].lower()
+    assert meta["dagster/row_count"] + meta["dropped"] == 2
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations() if e.check_name.startswith("rewritten_")}
+    assert len(checks) == 6 and all(checks.values())
+    store = Store(str(tmp_path))
+    version = store.latest("rewritten", "CC-A")
+    assert version.inputs[0]["stage"] == "filtered"
+    # the same recipe again: the version exists, no request is made
+    again = materialize(ALL_ASSETS, partition_key="CC-A", instance=instance, resources=resources)
+    meta2 = {k: v.value for k, v in again.asset_materializations_for_node("rewritten")[0].metadata.items()}
+    assert meta2["reused"] is True and meta2["version"] == meta["version"]

@@ -35,6 +35,11 @@ def main() -> None:
     backend = LlamaCppBackend(LlamaCppBackendConfig(model_path=bundled_smollm2_gguf(), max_tokens=args.max_tokens,
                                                     n_threads=args.threads, n_ctx=2048))
     load_s = time.perf_counter() - began
+    # warm-up, as the HTTP runs have one: the first call builds compute graphs and fills the prompt prefix
+    from textmill.rewrite.prompts import get_prompt
+
+    warm = get_prompt(cfg.prompts[0])
+    backend.generate(warm.render(inputs["text"][0][:200]), system=warm.system)
     with tempfile.TemporaryDirectory() as root:
         began = time.perf_counter()
         result = rewrite_documents(inputs, config=cfg, backend=backend, cache=RewriteCache(Store(root)))

@@ -48,7 +48,8 @@ TEXTS = [
 ]
 # lenient: SmolLM2-135M with a few dozen tokens writes short, often cut-off text; these tests are
 # about the engine, the post-processor's own tests are in test_rewrite_postprocess.py
-LENIENT = PostprocessConfig(min_chars=10, min_length_ratio=0.05, drop_truncated=False, same_language=False)
+LENIENT = PostprocessConfig(min_chars=10, min_length_ratio=0.05, drop_truncated=False, same_language=False,
+                            max_copied_share=None)
 
 
 def _rejected(texts: list[str]) -> pl.DataFrame:
@@ -102,8 +103,9 @@ def test_http_backend_against_llama_cpp_server(llm_server: str, tmp_path: Path) 
     assert s.tasks == 2 and s.requests == 2 and s.cache_hits == 0 and s.failed == 0
     assert s.tokens_in > 100 and 0 < s.tokens_out <= 64 and s.docs_per_second > 0 and s.output_tokens_per_second > 0
     assert first.rows.height + first.dropped.height == 2
+    assert first.rows.height >= 1  # greedy decoding: SmolLM2 rewrites the bakery text the same way every run
     _check_provenance(first.rows, inputs, model="smollm2-135m")
-    assert json.loads(first.rows["rewrite_params"][0] if first.rows.height else '{"max_tokens": 32}')["max_tokens"] == 32
+    assert json.loads(first.rows["rewrite_params"][0])["max_tokens"] == 32
     for text in first.rows["text"]:  # document text is data: the injected instruction is not obeyed or kept
         assert "PWNED" not in text and "ignore previous instructions" not in text.lower()
 
@@ -170,7 +172,7 @@ _CHILD = textwrap.dedent("""
 def test_kill_and_resume_regenerates_nothing_cached(llm_server: str, tmp_path: Path) -> None:
     """SIGKILL a run once cache shards exist; the rerun requests only what is missing, no duplicates."""
     cfg = _config(prompts=("wrap_wikipedia",), batch_size=1)
-    inputs = _inputs(TEXTS[:4], cfg)
+    inputs = _inputs(TEXTS, cfg)  # 6 requests; killed after 2 shards, so 4 were still to come
     inputs.write_parquet(tmp_path / "inputs.parquet")
     root = tmp_path / "store"
     cache = RewriteCache(Store(str(root)))
@@ -184,18 +186,18 @@ def test_kill_and_resume_regenerates_nothing_cached(llm_server: str, tmp_path: P
     assert b"finished" not in out, "the child ended before it could be killed; the test proves nothing"
     before = set(cache.shard_paths())
     cached = RewriteCache(Store(str(root))).keys()
-    assert 2 <= len(cached) < 4
+    assert 2 <= len(cached) < 6
 
     resumed = rewrite_documents(inputs, config=cfg, backend=_http(llm_server, max_tokens=6, concurrency=1),
                                 cache=RewriteCache(Store(str(root))))
     assert resumed.stats.cache_hits == len(cached)
-    assert resumed.stats.requests == 4 - len(cached)
+    assert resumed.stats.requests == 6 - len(cached)
     new_shards = [p for p in cache.shard_paths() if p not in before]
     new_keys = pl.concat([pl.read_parquet(p) for p in new_shards])["key"].to_list()
     assert not set(new_keys) & cached  # nothing already cached was generated again
     every = pl.concat([pl.read_parquet(p) for p in cache.shard_paths()])["key"]
-    assert every.len() == every.n_unique() == 4  # no duplicate written
-    assert resumed.rows.height + resumed.dropped.height == 4 and resumed.rows["id"].is_unique().all()
+    assert every.len() == every.n_unique() == 6  # no duplicate written
+    assert resumed.rows.height + resumed.dropped.height == 6 and resumed.rows["id"].is_unique().all()
 
 
 # scripted server: cases a real model cannot be made to show ------------------------------------------------
@@ -207,11 +209,13 @@ def test_engine_overlaps_requests_and_writes_a_shard_per_batch(tmp_path: Path) -
         cfg = _config(prompts=("wrap_wikipedia",), batch_size=4)
         cache = RewriteCache(Store(str(tmp_path)))
         seen: list[tuple[int, int]] = []
-        result = rewrite_documents(_inputs(texts, cfg), config=cfg, backend=_http(server.base_url, concurrency=4),
+        inputs = _inputs(texts, cfg)
+        result = rewrite_documents(inputs, config=cfg, backend=_http(server.base_url, concurrency=4),
                                    cache=cache, progress=lambda done, total: seen.append((done, total)))
         assert server.max_in_flight == 4 and server.requests == 18
     assert result.stats.concurrency == 4 and result.stats.requests == 18
     assert result.rows.height == 18 and result.stats.pass_rate == 1.0
+    _check_provenance(result.rows, inputs, model="smollm2-135m")
     assert len(cache.shard_paths()) == cache.shards_written == 5  # 4+4+4+4+2, written as batches finished
     assert seen[-1] == (18, 18)
     # 18 requests of 0.15 s at 4 in flight: ~0.7 s, far from 2.7 s serial
@@ -273,3 +277,22 @@ def test_rate_limit_spaces_requests(tmp_path: Path) -> None:
         rewrite_documents(_inputs(TEXTS, cfg), config=cfg, backend=backend, cache=RewriteCache(Store(str(tmp_path))))
         elapsed = time.perf_counter() - began
     assert server.requests == 6 and elapsed >= 0.5  # 6 starts at 10/s: the last at >= 0.5 s
+
+
+def test_cache_put_never_duplicates_and_compacts(tmp_path: Path) -> None:
+    from textmill.rewrite.cache import CACHE_SCHEMA
+
+    def rows(keys: list[str]) -> pl.DataFrame:
+        return pl.DataFrame([{"key": k, "text_sha256": "t", "prompt": "rewire@1", "model": "m", "params": "{}",
+                              "reply": f"reply {k}", "finish_reason": "stop", "prompt_tokens": 1,
+                              "completion_tokens": 2, "seconds": 0.1, "created_at": None} for k in keys],
+                            schema=CACHE_SCHEMA)
+
+    cache = RewriteCache(Store(str(tmp_path)))
+    assert cache.put(rows(["a", "b"])) == 2
+    assert cache.put(rows(["b", "c", "c"])) == 1  # b is stored, c twice in one batch
+    assert cache.put(rows(["a"])) == 0 and len(cache.shard_paths()) == 2
+    fresh = RewriteCache(Store(str(tmp_path)))  # another process: reads the keys from the shards
+    assert fresh.keys() == {"a", "b", "c"} and fresh.lookup(["a", "c", "zz"])["key"].sort().to_list() == ["a", "c"]
+    assert fresh.compact(min_shards=2) == 2 and len(fresh.shard_paths()) == 1
+    assert RewriteCache(Store(str(tmp_path))).lookup(["a", "b", "c"]).height == 3

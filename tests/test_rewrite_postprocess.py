@@ -42,6 +42,11 @@ def test_a_good_rewrite_passes_unchanged():
     f"{GOOD}\n\nI hope this helps! Let me know if you want any changes.",
     f"Here is the rewritten text:\n\n{GOOD}\n\nThis rewritten version is clearer and removes the menu links.",
     f"<document>\n{GOOD}\n</document>",
+    f"<article>\n{GOOD}\n</article>",
+    f"<rem>{GOOD}</rem>",
+    f'<section id="library">\n{GOOD}\n</section>',
+    f"```markdown\n{GOOD}\n```",
+    f"{GOOD}\n<rem>This document has been rewritten to make it easier to read and understand.",
 ])
 def test_preambles_closing_remarks_and_echoed_wrappers_are_removed(reply):
     j = _judge(reply)
@@ -78,11 +83,19 @@ def test_guided_rewrite_sections():
     ("La biblioteca municipal abre a las nueve de la mañana de lunes a viernes y cierra a las cinco de la tarde. "
      "Los socios pueden tomar prestados hasta diez libros durante tres semanas.", "stop", "language_changed"),
     (f"Improve the web document below so that it serves its purpose better. {GOOD}", "stop", "prompt_leak"),
-    (f"{GOOD} </document>", "stop", "prompt_leak"),
+    (f"The library notice. </document> {GOOD}", "stop", "prompt_leak"),
 ])
 def test_drop_reasons(reply, finish, reason):
     prompt = REWIRE if reason == "prompt_leak" else WIKI
     assert _judge(reply, finish=finish, prompt=prompt).drop_reason == reason
+
+
+def test_a_copy_of_the_parent_is_unchanged():
+    assert _judge(PARENT.replace(" home | about | contact | login", "")).drop_reason == "unchanged"
+    assert _judge(PARENT.split(". ")[1] + ".").drop_reason in {"unchanged", "too_short"}
+    assert _judge(GOOD).drop_reason is None  # the same facts in new words is a rewrite
+    off = PostprocessConfig(max_copied_share=None)
+    assert _judge(PARENT.replace(" home | about | contact | login", ""), config=off).drop_reason is None
 
 
 def test_refusal_needs_to_be_about_the_request():

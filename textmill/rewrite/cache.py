@@ -117,5 +117,23 @@ class RewriteCache:
         log.debug("rewrite cache: wrote %s (%d replies)", name, frame.height)
         return frame.height
 
+    def compact(self, *, min_shards: int = 256) -> int:
+        """Merge the shards into one when there are at least `min_shards` (lookups scan every shard).
+        The merged shard is written before the old ones are removed: a crash in between leaves
+        duplicate rows across shards, which lookups already resolve. Returns shards removed.
+        Run it when no other process writes to this cache."""
+        paths = self.shard_paths()
+        if len(paths) < min_shards:
+            return 0
+        merged = (self.store.scan_files(paths).collect().sort("created_at")
+                  .unique("key", keep="first", maintain_order=True))
+        name = f"shard-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}-merged.parquet"
+        self.store.write_parquet(merged.select([pl.col(c).cast(t) for c, t in CACHE_SCHEMA.items()]),
+                                 posixpath.join(self.folder, name))
+        for path in paths:
+            self.store.fs.rm(path)
+        log.info("rewrite cache: merged %d shards (%d replies) into %s", len(paths), merged.height, name)
+        return len(paths)
+
     def __len__(self) -> int:
         return len(self.keys())

@@ -26,6 +26,9 @@ class PostprocessConfig(_Strict):
         default=3.0, gt=0.0, description="rewrite chars / input chars above this: runaway (invented text, loops)")
     max_repeated_line_share: float = Field(
         default=0.5, gt=0.0, le=1.0, description="share of a rewrite's lines that repeat an earlier line: runaway")
+    max_copied_share: float | None = Field(
+        default=0.9, gt=0.0, le=1.0, description="share of the rewrite's word 4-grams copied from the parent at "
+                                                 "which it is `unchanged` (a rejected text coming back); None: off")
     same_language: bool = Field(default=True, description="drop a rewrite whose language differs from the parent's")
     min_lang_score: float = Field(
         default=0.5, ge=0.0, le=1.0, description="language id must be this sure of the rewrite to call it a change")

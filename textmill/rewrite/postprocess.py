@@ -16,6 +16,8 @@ Drop reasons, first match wins (`DROP_REASONS` in order):
 - `prompt_leak`: the reply repeats the prompt's own wording or its document tags;
 - `missing_rewrite`: a guided rewrite whose reply has notes but no rewrite section;
 - `bad_format`: a question-answer rephrasing without a Question/Answer pair;
+- `unchanged`: the rewrite is (nearly) a copy of the parent: at least `max_copied_share` of its
+  word 4-grams come from the parent, so it would bring a rejected text back unimproved;
 - `too_short`: fewer than `min_chars` characters, or below `min_length_ratio` of the input;
 - `runaway`: above `max_length_ratio` of the input, or looping (repeated lines);
 - `language_changed`: language id is sure the rewrite is in another language than the parent;
@@ -44,7 +46,7 @@ from textmill.rewrite.prompts import PROMPTS, Prompt
 log = logging.getLogger(__name__)
 
 DROP_REASONS = ("request_failed", "empty", "truncated", "refusal", "injection_followed", "injection_echo",
-                "prompt_leak", "missing_rewrite", "bad_format", "too_short", "runaway", "language_changed")
+                "prompt_leak", "missing_rewrite", "bad_format", "unchanged", "too_short", "runaway", "language_changed")
 
 # cleaning -----------------------------------------------------------------------------------------
 _REWRITE_WORDS = (r"(?:rewrit\w*|re-?writ\w*|rephras\w*|revis\w*|improv\w*|edit\w*|polish\w*|clean\w*|"
@@ -58,10 +60,14 @@ _PREAMBLE_LINE = [
     re.compile(r"^[^\n]{0,300}\b" + _REWRITE_WORDS + r"\b[^\n]{0,120}:\s*$", re.I),
 ]
 _POSTAMBLE_PARAGRAPH = re.compile(
-    r"^\s*(?:(?:this|the|my|above)\s+(?:\w+\s+){0,2}(?:rewrit\w*|revis\w*|improved|rephras\w*|version|text|"
+    r"^\s*(?:(?:this|the|my|above)\s+(?:\w+\s+){0,3}(?:rewrit\w*|revis\w*|improved|rephras\w*|version|text|"
     r"article)\b|i\s+hope\b|hope\s+this\b|let\s+me\s+know\b|feel\s+free\b|note\s*:|notes?\s+on\b|"
     r"in\s+this\s+(?:rewrite|version|revision)\b|i\s+(?:have\s+)?(?:made|kept|removed|rewrote|added)\b|"
     r"(?:changes|explanation)\s*:)", re.I)
+_TAG_LINE = re.compile(r"^\s*</?[a-z][\w-]*(?:\s[^<>\n]*)?>\s*$", re.I | re.M)
+_EDGE_TAG = re.compile(r"^\s*<[a-z][\w-]*(?:\s[^<>\n]*)?>|</?[a-z][\w-]*>?\s*$", re.I)
+_INLINE_WRAP = re.compile(r"</?(?:rem|article|section|p|div|span|text|rewrite|answer|output|response)(?:\s[^<>\n]*)?>",
+                          re.I)
 _FENCE_LINE = re.compile(r"^\s*(?:```\w*|~~~\w*|</?\s*(?:pre|code)\s*>\s*)+\s*$", re.I | re.M)
 _DOC_BLOCK = re.compile(r"<\s*document\s*>(.*?)(?:<\s*/\s*document\s*>|$)", re.I | re.S)
 _DOC_TAG = re.compile(r"<\s*/?\s*document\s*>", re.I)
@@ -70,7 +76,10 @@ _DOC_TAG = re.compile(r"<\s*/?\s*document\s*>", re.I)
 def strip_preamble(text: str) -> str:
     """The text without leading chat lines ("Sure! Here is the rewritten text:") and trailing
     remarks about the rewrite ("This revised version ...", "I hope this helps")."""
-    lines = _FENCE_LINE.sub("", text).strip().split("\n")
+    text = _INLINE_WRAP.sub("", _TAG_LINE.sub("", _FENCE_LINE.sub("", text)))
+    for _ in range(2):
+        text = _EDGE_TAG.sub("", text.strip())
+    lines = text.strip().split("\n")
     for _ in range(3):  # at most three leading lines, e.g. "Sure!" / "" / "Here is ...:"
         while lines and not lines[0].strip():
             lines.pop(0)
@@ -82,7 +91,10 @@ def strip_preamble(text: str) -> str:
     paragraphs = re.split(r"\n\s*\n", "\n".join(lines).strip())
     while len(paragraphs) > 1 and _POSTAMBLE_PARAGRAPH.match(paragraphs[-1]):
         paragraphs.pop()
-    return "\n\n".join(p.strip("\n") for p in paragraphs).strip()
+    lines = "\n\n".join(p.strip("\n") for p in paragraphs).strip().split("\n")
+    while len(lines) > 1 and _POSTAMBLE_PARAGRAPH.match(lines[-1]):  # a remark on the last line, no blank line
+        lines.pop()
+    return "\n".join(lines).strip()
 
 
 def _marker(name: str) -> re.Pattern[str]:
@@ -231,6 +243,15 @@ def _loops(text: str) -> bool:
     return any(sentences[i] == sentences[i + 1] == sentences[i + 2] for i in range(len(sentences) - 2))
 
 
+def copied_share(output: str, parent: str, *, n: int = 4) -> float:
+    """Share of the output's word n-grams found in the parent (1.0: a copy, or a copied excerpt)."""
+    out = _ngrams(output, n)
+    if not out:
+        words = _norm(output).split()
+        return 1.0 if words and " ".join(words) in _norm(parent) else 0.0
+    return len(out & _ngrams(parent, n)) / len(out)
+
+
 @dataclass(frozen=True)
 class Judgement:
     text: str
@@ -274,6 +295,8 @@ def judge(reply: str | None, *, parent: str, parent_lang: str | None, prompt: Pr
         return drop("prompt_leak")
     if prompt.style == "qa" and not (_QUESTION.search(text) and _ANSWER.search(text)):
         return drop("bad_format")
+    if config.max_copied_share is not None and copied_share(text, parent) >= config.max_copied_share:
+        return drop("unchanged")
     ratio = len(text) / max(1, len(parent))
     if len(text) < config.min_chars or ratio < config.min_length_ratio:
         return drop("too_short")

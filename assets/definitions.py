@@ -4,6 +4,7 @@ from dagster import Definitions
 
 from assets.deduped import deduped
 from assets.filtered import filtered
+from assets.mixed import mixed
 from assets.rewritten import rewritten
 from assets.raw import raw
 from assets.resources import resource_from_env
@@ -11,9 +12,10 @@ from assets.sensors import landing_sensor
 
 # every asset in lineage order; `textmill demo` materializes all of them for a crawl
 ALL_ASSETS = [raw, deduped, filtered, rewritten]
+MIX_ASSETS = [mixed]  # partitioned by mix name, over every crawl
 
 defs = Definitions(
-    assets=ALL_ASSETS,
+    assets=ALL_ASSETS + MIX_ASSETS,
     sensors=[landing_sensor],
     resources={"textmill": resource_from_env()},
 )

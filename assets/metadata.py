@@ -22,13 +22,22 @@ PREVIEW_CHARS = 240
 
 
 def markdown_preview(store: Store, result: StageResult, *, rows: int = PREVIEW_ROWS) -> str:
-    """A markdown table of the first documents of a version."""
-    frame = store.scan(result.manifest).select("id", "url", "lang", "n_chars", "text").head(rows).collect()
-    lines = ["| id | url | lang | chars | text |", "|---|---|---|---|---|"]
+    """A markdown table of the first documents of a version (the columns it has of id, url, lang, chars, text)."""
+    names = store.scan(result.manifest).collect_schema().names()
+    columns = [c for c in ("id", "component", "url", "lang", "n_chars", "tokens", "text") if c in names]
+    frame = store.scan(result.manifest).select(columns).head(rows).collect()
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in frame.iter_rows(named=True):
-        text = " ".join(row["text"][:PREVIEW_CHARS].split()).replace("|", "\\|")
-        url = (row["url"] or "").replace("|", "\\|")
-        lines.append(f"| {row['id'][:12]} | {url} | {row['lang']} | {row['n_chars']} | {text}… |")
+        cells = []
+        for column in columns:
+            value = row[column]
+            if column == "text":
+                cells.append(" ".join((value or "")[:PREVIEW_CHARS].split()).replace("|", "\\|") + "…")
+            elif column == "id":
+                cells.append(str(value)[:12])
+            else:
+                cells.append(str(value if value is not None else "").replace("|", "\\|"))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

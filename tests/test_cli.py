@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from textmill.storage import Store
@@ -113,6 +114,31 @@ def test_demo_filters_and_inspect_shows_why_a_document_was_rejected(demo_dir):
     assert f"{stats['documents']} documents match" in kept.stdout and "rejected by" not in kept.stdout
 
 
+@pytest.mark.slow
+def test_demo_runs_the_whole_chain_to_a_mix_with_a_data_card(demo_dir):
+    store = Store(str(demo_dir / ".textmill" / "data"))
+    chain = {stage: store.latest(stage, "CC-MAIN-SAMPLE") for stage in ("raw", "deduped", "filtered", "rewritten")}
+    assert all(chain.values())
+    # each version names the one before it
+    assert chain["deduped"].inputs[0]["version"] == chain["raw"].version
+    assert chain["filtered"].inputs[0]["version"] == chain["deduped"].version
+    assert chain["rewritten"].inputs[0]["version"] == chain["filtered"].version
+    mix = store.latest("mixed", "default")
+    assert mix is not None
+    read = {(i["stage"], i["version"]) for i in mix.inputs}
+    assert ("filtered", chain["filtered"].version) in read and ("rewritten", chain["rewritten"].version) in read
+    main = mix.statistics["mix"]["phases"]["main"]
+    assert main["within_tolerance"] and abs(mix.statistics["tokens"] - main["budget_tokens"]) <= 0.02 * main["budget_tokens"]
+    folder = Path(store.version_dir("mixed", "default", mix.version))
+    order = pl.read_parquet(folder / "order.parquet")
+    assert order["position"].to_list() == list(range(order.height)) and order.height == mix.rows
+    assert (folder / "tokens.npy").exists() and (folder / "tokens-index.parquet").exists()
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---") and "pretty_name: textmill-default" in card
+    assert f"{mix.statistics['tokens']:,} tokens" in card
+    assert "<svg" in (folder / "report.html").read_text()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -144,8 +170,10 @@ def test_ui_serves_the_asset_graph(demo_dir):
         with urllib.request.urlopen(request, timeout=30) as response:
             data = json.loads(response.read())
         nodes = data["data"]["assetNodes"]
-        assert sorted(node["assetKey"]["path"] for node in nodes) == [["deduped"], ["filtered"], ["raw"], ["rewritten"]]
-        assert all("CC-MAIN-SAMPLE" in node["partitionKeysByDimension"][0]["partitionKeys"] for node in nodes)
+        assert sorted(node["assetKey"]["path"] for node in nodes) == [["deduped"], ["filtered"], ["mixed"], ["raw"], ["rewritten"]]
+        keys = {node["assetKey"]["path"][0]: node["partitionKeysByDimension"][0]["partitionKeys"] for node in nodes}
+        assert all("CC-MAIN-SAMPLE" in keys[name] for name in ("raw", "deduped", "filtered", "rewritten"))
+        assert keys["mixed"] == ["default"]  # mixes are partitioned by name
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)

@@ -25,7 +25,9 @@ def _land(root: Path, crawl: str, *names: str) -> None:
 
 def test_definitions_load():
     graph = defs.resolve_asset_graph()
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {"raw", "deduped", "filtered", "rewritten"}
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
+        "raw", "deduped", "filtered", "rewritten", "mixed"}
+    assert graph.get(AssetKey("mixed")).parent_keys == {AssetKey("filtered"), AssetKey("rewritten")}
     assert graph.get(AssetKey("rewritten")).parent_keys == {AssetKey("filtered")}
     assert graph.get(AssetKey("deduped")).parent_keys == {AssetKey("raw")}
     assert graph.get(AssetKey("filtered")).parent_keys == {AssetKey("deduped")}

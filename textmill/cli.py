@@ -116,6 +116,48 @@ def _materialize(crawl: str, recipe) -> None:
     if not result.success:
         console.print("[red]materialization failed[/red]; see the run in `textmill ui`")
         raise typer.Exit(1)
+    _materialize_mixes(recipe, instance)
+
+
+def _materialize_mixes(recipe, instance) -> None:
+    """Every mix of the recipe, over every crawl materialized so far."""
+    from dagster import materialize
+
+    from assets.definitions import MIX_ASSETS
+    from assets.partitions import mixes_partitions
+    from assets.resources import resource_from_env
+
+    names = [mix.name for mix in recipe.mixed]
+    known = set(instance.get_dynamic_partitions(mixes_partitions.name))
+    if set(names) - known:
+        instance.add_dynamic_partitions(mixes_partitions.name, sorted(set(names) - known))
+    table = Table(title="textmill: training mixes")
+    for column in ("mix", "version", "documents", "tokens", "checks"):
+        table.add_column(column, overflow="fold")
+    cards, failed = [], False
+    for name in names:
+        result = materialize(MIX_ASSETS, partition_key=name, instance=instance,
+                             resources={"textmill": resource_from_env()}, raise_on_error=False,
+                             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+        evaluations = list(result.get_asset_check_evaluations())
+        bad = [e.check_name for e in evaluations if not e.passed]
+        verdict = f"{len(evaluations) - len(bad)}/{len(evaluations)} passed" + (
+            f" [red](failed: {', '.join(bad)})[/red]" if bad else "")
+        events = result.get_asset_materialization_events()
+        if events:
+            meta = {k: v.value for k, v in events[0].step_materialization_data.materialization.metadata.items()}
+            table.add_row(name, str(meta.get("version")), str(meta.get("dagster/row_count")), f"{meta.get('tokens'):,}",
+                          verdict)
+            cards.append((name, meta.get("data_card_path")))
+        else:
+            table.add_row(name, "-", "-", "-", "[red]failed[/red]")
+        failed = failed or not result.success
+    console.print(table)
+    for name, path in cards:
+        console.print(f"  data card of {name}: {path} (and report.html beside it)", soft_wrap=True)
+    if failed:
+        console.print("[red]a mix failed[/red]; see the run in `textmill ui`")
+        raise typer.Exit(1)
 
 
 def _summary(result, crawl: str, recipe) -> None:

@@ -15,7 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from textmill.filters.config import DEFAULT_ORDER, FilterConfig
 from textmill.filters.quality_model import QualityModelConfig
+from textmill.mix.config import ExportConfig, MixComponent, MixConfig
 from textmill.rewrite.config import RewriteConfig
+
+# every crawl's kept documents and rewrites, rewrites capped at 30% of the tokens
+DEFAULT_MIX = MixConfig(
+    name="default",
+    components=[MixComponent(name="web", kind="kept", weight=1.0),
+                MixComponent(name="rewritten", kind="rewritten", weight=1.0)],
+    total_tokens=100_000, synthetic_cap=0.3, export=ExportConfig(sequence_length=2048, packer="best_fit"),
+)
 
 
 class RecipeError(ValueError):
@@ -178,6 +187,22 @@ class Recipe(_Strict):
     deduped: DedupConfig = Field(default_factory=DedupConfig)
     filtered: FilteredConfig = Field(default_factory=FilteredConfig)
     rewritten: RewriteConfig = Field(default_factory=RewriteConfig)
+    mixed: list[MixConfig] = Field(default_factory=lambda: [DEFAULT_MIX], description="training mixes, by name")
+
+    @field_validator("mixed")
+    @classmethod
+    def _unique_mix_names(cls, value: list[MixConfig]) -> list[MixConfig]:
+        names = [mix.name for mix in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"mix names must be unique, got {names}")
+        return value
+
+    def mix(self, name: str) -> MixConfig:
+        """The mix called `name`; a clear error naming the known ones otherwise."""
+        for mix in self.mixed:
+            if mix.name == name:
+                return mix
+        raise RecipeError(f"no mix named {name!r} in the recipe; known: {[m.name for m in self.mixed]}")
 
     @model_validator(mode="after")
     def _patterns_not_empty(self) -> "Recipe":

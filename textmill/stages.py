@@ -27,13 +27,15 @@ from textmill.ingest.shard import IngestTask, ShardResult, ingest_shard
 from textmill.storage import Manifest, Store, content_version, file_fingerprint
 
 if TYPE_CHECKING:
+    from textmill.mix.config import MixComponent, MixConfig
     from textmill.rewrite.backends import LLMBackend
+    from textmill.storage import PartInfo
     from textmill.rewrite.config import RewriteConfig
 
 log = logging.getLogger(__name__)
 
 # Bump a stage's code version when its output for the same inputs and config changes.
-CODE_VERSIONS = {"raw": "1", "deduped": "2", "filtered": "1", "rewritten": "1"}
+CODE_VERSIONS = {"raw": "1", "deduped": "2", "filtered": "1", "rewritten": "1", "mixed": "1"}
 
 Progress = Callable[[int, int], None]
 
@@ -594,3 +596,185 @@ def rewritten(
         extra_files={"dropped": dropped_parts},
     )
     return StageResult(manifest, False, store.uri(writer.folder))
+
+
+def _mix_sources(store: Store, component: "MixComponent",
+                 versions: dict[str, dict[str, str]]) -> tuple[list[tuple[str, pl.LazyFrame]], list[dict]]:
+    """(label, lazy frame of id/text/lang) per part of one mix component, and the inputs it reads."""
+    frames: list[tuple[str, pl.LazyFrame]] = []
+    inputs: list[dict] = []
+    if component.kind == "files":
+        for pattern in component.paths or []:
+            matches = sorted(store.fs.glob(pattern)) or [pattern]
+            for path in matches:
+                lazy = pl.scan_parquet(path) if path.endswith(".parquet") else pl.scan_ndjson(path)
+                names = lazy.collect_schema().names()
+                if "text" not in names:
+                    raise ValueError(f"mixed: component {component.name!r}: {path} has no text column")
+                id_expr = pl.col("id").cast(pl.String) if "id" in names else (
+                    pl.lit(path) + ":" + pl.int_range(pl.len()).cast(pl.String)).hash(0).cast(pl.String)
+                lang = pl.col("lang").cast(pl.String) if "lang" in names else pl.lit("und")
+                frames.append((path, lazy.select(id=id_expr, text=pl.col("text"), lang=lang)))
+                inputs.append({"kind": "files", "component": component.name} | file_fingerprint(store.fs, path))
+        return frames, inputs
+    stage = "filtered" if component.kind == "kept" else "rewritten"
+    crawls = component.crawls or sorted(versions)
+    for crawl in crawls:
+        version = versions.get(crawl, {}).get(stage)
+        if version is None:
+            raise ValueError(f"mixed: component {component.name!r} needs a {stage} version of crawl {crawl!r}")
+        manifest = store.manifest(stage, crawl, version)
+        if manifest is None:
+            raise FileNotFoundError(f"mixed: {stage} version {crawl}/{version} does not exist (or is unfinished)")
+        inputs.append({"kind": "version", "stage": stage, "partition": crawl, "version": version})
+        for uri in store.part_uris(manifest):
+            frames.append((uri, store.scan_files([uri]).select("id", "text", pl.col("lang").cast(pl.String))))
+    return frames, inputs
+
+
+def mixed(
+    *,
+    store: Store,
+    config: "MixConfig",
+    versions: dict[str, dict[str, str]],
+    progress: Progress | None = None,
+) -> StageResult:
+    """A weighted, decontaminated, tokenized training mix over crawls' kept and rewritten documents.
+
+    `versions` maps each crawl to its `filtered` and `rewritten` versions (the orchestrator's
+    lineage). Sources are read part by part: texts are tokenized and checked against the bundled
+    benchmarks as they stream, only (component, id, tokens, lang) is kept for sampling, and the
+    sampled texts are read back in mix order for export.
+    """
+    from textmill.mix.decontam import CONTAMINATION_SCHEMA, find_contamination, index_for
+    from textmill.mix.export import export_mix
+    from textmill.mix.sample import sample_mix
+    from textmill.mix.tokens import count_tokens
+    from textmill.report.card import write_data_card
+
+    components = list(config.components) + (list(config.anneal.components) if config.anneal else [])
+    seen: dict[str, object] = {}
+    sources: dict[str, list[tuple[str, pl.LazyFrame]]] = {}
+    inputs: list[dict] = []
+    for component in components:
+        if component.name in seen and seen[component.name] != component:
+            raise ValueError(f"mixed: component {component.name!r} is defined twice, differently")
+        if component.name in seen:
+            continue
+        seen[component.name] = component
+        frames, component_inputs = _mix_sources(store, component, versions)
+        sources[component.name] = frames
+        inputs += [i for i in component_inputs if i not in inputs]
+    config_json = config.model_dump(mode="json")
+    version = content_version(stage="mixed", code_version=CODE_VERSIONS["mixed"], config=config_json, inputs=inputs)
+    existing = store.manifest("mixed", config.name, version)
+    if existing is not None:
+        log.info("mixed/%s/%s exists; nothing to do", config.name, version)
+        return StageResult(existing, True, store.uri(store.version_dir("mixed", config.name, version)))
+
+    started = time.perf_counter()
+    writer = store.begin("mixed", config.name, version)
+    index = index_for(config.decontamination) if config.decontamination.enabled else None
+    total_parts = sum(len(frames) for frames in sources.values())
+    done, candidates, reports = 0, [], []
+    for name, frames in sources.items():
+        kind = seen[name].kind  # type: ignore[attr-defined]
+        for label, lazy in frames:
+            part = lazy.collect()
+            part = part.with_columns(tokens=count_tokens(part["text"], encoding=config.tokenizer, num_threads=2))
+            if index is not None and part.height:
+                found = find_contamination(part, index=index, batch_documents=config.decontamination.batch_documents)
+                if found.height:
+                    reports.append(found.with_columns(component=pl.lit(name), source=pl.lit(label)))
+                    part = part.filter(~pl.col("id").is_in(found["id"].unique().implode()))
+            candidates.append(part.select(pl.lit(name).alias("component"), "id", "tokens", "lang",
+                                          pl.lit(kind).alias("kind")))
+            done += 1
+            log.info("mixed %s: %d/%d source parts read", config.name, done, total_parts,
+                     extra={"progress": ("mixed", done, total_parts + 1)})
+            if progress:
+                progress(done, total_parts + 1)
+    candidate_frame = pl.concat(candidates) if candidates else pl.DataFrame(
+        schema={"component": pl.String, "id": pl.String, "tokens": pl.UInt32, "lang": pl.String, "kind": pl.String})
+    contamination = pl.concat(reports) if reports else pl.DataFrame(
+        schema=CONTAMINATION_SCHEMA | {"component": pl.String, "source": pl.String})
+    sample = sample_mix(candidate_frame.select("component", "id", "tokens", "lang"), config=config)
+
+    # the sampled texts, read back source part by source part, in mix order
+    texts = []
+    for name, frames in sources.items():
+        wanted = sample.order.filter(pl.col("component") == name).select("id").unique()
+        if wanted.height == 0:
+            continue
+        for _, lazy in frames:
+            texts.append(lazy.join(wanted.lazy(), on="id", how="semi").select(
+                pl.lit(name).alias("component"), "id", "text").collect())
+    text_frame = pl.concat(texts).unique(["component", "id"], keep="first") if texts else pl.DataFrame(
+        schema={"component": pl.String, "id": pl.String, "text": pl.String})
+    mix = sample.order.join(text_frame, on=["component", "id"], how="left").sort("position")
+    folder = store.uri(writer.folder)
+    exported = export_mix(mix, folder=folder, config=config.export, tokenizer=config.tokenizer, num_threads=2)
+    if contamination.height:
+        store.write_parquet(contamination, posixpath.join(writer.folder, "contamination.parquet"))
+    mix_stats = dict(sample.stats) | {
+        "tokenizer": config.tokenizer,
+        "seed": config.seed,
+        "decontamination": {
+            "removed": contamination["id"].n_unique() if contamination.height else 0,
+            "ngram": config.decontamination.ngram,
+            "by_benchmark": dict(contamination.group_by("benchmark").agg(pl.col("id").n_unique()).iter_rows())
+            if contamination.height else {},
+        },
+        "packed": exported.get("packed"),
+        "candidates": {"documents": candidate_frame.height,
+                       "tokens": int(candidate_frame["tokens"].sum() or 0),
+                       "by_component": dict(candidate_frame.group_by("component").agg(pl.col("tokens").sum())
+                                            .iter_rows())},
+    }
+    upstream: dict[str, list[dict]] = {stage: [] for stage in ("raw", "deduped", "filtered", "rewritten")}
+    for crawl, crawl_versions in sorted(versions.items()):
+        chain = {"filtered": crawl_versions.get("filtered"), "rewritten": crawl_versions.get("rewritten")}
+        filtered_manifest = store.manifest("filtered", crawl, chain["filtered"]) if chain["filtered"] else None
+        if filtered_manifest is not None:
+            deduped_version = filtered_manifest.inputs[0]["version"]
+            deduped_manifest = store.manifest("deduped", crawl, deduped_version)
+            raw_manifest = store.manifest("raw", crawl, deduped_manifest.inputs[0]["version"]) if deduped_manifest else None
+            for stage, manifest in (("raw", raw_manifest), ("deduped", deduped_manifest), ("filtered", filtered_manifest)):
+                if manifest is not None:
+                    upstream[stage].append(json.loads(manifest.to_json()))
+        if chain["rewritten"]:
+            rewritten_manifest = store.manifest("rewritten", crawl, chain["rewritten"])
+            if rewritten_manifest is not None:
+                upstream["rewritten"].append(json.loads(rewritten_manifest.to_json()))
+    lengths = mix["tokens"].to_numpy() if mix.height else None
+    card = write_data_card(folder=folder, mix_stats=mix_stats, upstream_manifests=upstream,
+                           name=f"textmill-{config.name}", lengths=lengths)
+    parts = [_part_info(store, writer.folder, f["path"], rows=f["rows"]) for f in exported["files"]]
+    extra = {"order": [_part_info(store, writer.folder, exported["order"]["path"], rows=exported["order"]["rows"])],
+             "card": [_part_info(store, writer.folder, name) for name in ("README.md", "report.html")]}
+    if contamination.height:
+        extra["contamination"] = [_part_info(store, writer.folder, "contamination.parquet", rows=contamination.height)]
+    if exported.get("packed"):
+        extra["packed"] = [_part_info(store, writer.folder, name)
+                           for name in ("tokens.npy", "tokens-index.parquet", "tokens.json")]
+    main = mix_stats.get("phases", {}).get("main", {})
+    statistics = {"mix": mix_stats, "documents": mix.height, "tokens": int(mix["tokens"].sum() or 0) if mix.height else 0,
+                  "within_tolerance": main.get("within_tolerance"), "card": store.uri(posixpath.join(writer.folder,
+                                                                                                     "README.md"))}
+    wall = time.perf_counter() - started
+    manifest = writer.commit(
+        code_version=CODE_VERSIONS["mixed"], files=parts, inputs=inputs, config=config_json,
+        statistics=statistics, timings={"wall_seconds": round(wall, 4)}, quarantine={"records": 0, "by_reason": {}},
+        extra_files=extra,
+    )
+    return StageResult(manifest, False, store.uri(writer.folder))
+
+
+def _part_info(store: Store, folder: str, name: str, *, rows: int = 0) -> "PartInfo":
+    """A file written into a version folder by someone else, described for the manifest."""
+    import hashlib
+
+    from textmill.storage import PartInfo
+
+    data = store.read_bytes(posixpath.join(folder, name))
+    return PartInfo(path=name, rows=rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())

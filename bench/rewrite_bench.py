@@ -242,6 +242,9 @@ def main() -> None:
                      f"{r['docs_per_s'] / direct_best['docs_per_s']:.0%} | {pair} |")
     lines.append(f"\nengine best (c={engine_best['concurrency']}) / direct best (c={direct_best['concurrency']}): "
                  f"**{ratio:.1%}** of the server's throughput (target >= 90%)")
+    last = [r for r in rows if r["mode"] == "engine-http"][-1]
+    lines.append(f"\nengine post-processing (max_tokens {args.max_tokens}): kept {last['kept']} of {last['docs']}; "
+                 f"dropped {last['dropped']}")
     print("\n" + "\n".join(lines))
     out = {"args": vars(args), "machine": machine(), "rows": rows, "ratio": ratio, "prompt": prompt.key,
            "paired_ratios": paired}

@@ -296,3 +296,22 @@ def test_cache_put_never_duplicates_and_compacts(tmp_path: Path) -> None:
     assert fresh.keys() == {"a", "b", "c"} and fresh.lookup(["a", "c", "zz"])["key"].sort().to_list() == ["a", "c"]
     assert fresh.compact(min_shards=2) == 2 and len(fresh.shard_paths()) == 1
     assert RewriteCache(Store(str(tmp_path))).lookup(["a", "b", "c"]).height == 3
+
+
+def test_kept_documents_get_the_wrap_prompts(tmp_path: Path) -> None:
+    """A sampled kept document is rephrased with `kept_prompts`; provenance says where it came from."""
+    kept = _rejected(TEXTS).with_columns(decision=pl.lit("kept"), reject_reason=pl.lit(None, dtype=pl.String),
+                                         recyclable=pl.lit(False), id=pl.concat_str(pl.lit("k"), pl.col("id")))
+    cfg = _config(prompts=("rewire",), kept_prompts=("wrap_wikipedia", "wrap_qa"), kept_sample_share=1.0)
+    inputs = select_inputs(_rejected(TEXTS[:1]).lazy(), kept.head(1).lazy(), config=cfg)
+    qa = "Question: When does the bakery open?\nAnswer: At seven in the morning, and it closes at two."
+    with ScriptedServer(reply=lambda user: qa if "Question:" in user else
+                        "The Mill Street bakery bakes rye loaves and apple cake; it trades from seven until two.") as server:
+        result = rewrite_documents(inputs, config=cfg, backend=_http(server.base_url),
+                                   cache=RewriteCache(Store(str(tmp_path))))
+    got = sorted(zip(result.rows["parent_origin"], result.rows["rewrite_prompt"], result.rows["rewrite_style"]))
+    assert got == [("kept", "wrap_qa@1", "qa"), ("kept", "wrap_wikipedia@1", "wikipedia"),
+                   ("rejected", "rewire@1", "guided_rewrite")]
+    assert result.rows.filter(pl.col("parent_origin") == "rejected")["parent_reject_reason"].to_list() == [
+        "gopher_quality:min_doc_words"]
+    _check_provenance(result.rows, inputs, model="smollm2-135m")

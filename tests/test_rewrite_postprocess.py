@@ -54,6 +54,19 @@ def test_preambles_closing_remarks_and_echoed_wrappers_are_removed(reply):
     assert j.text == GOOD
 
 
+@pytest.mark.parametrize("reply", [
+    "Sure!\nHere is the text:\nOkay:\nRewritten version:\n" + GOOD,
+    "<rem>\n<article>\n" + GOOD + "\n</article>\n</rem>\nI hope this helps.\nLet me know if you need more.",
+    GOOD + "\n\nNote: I kept the facts.\n\nThis revised text is shorter.",
+])
+def test_kept_text_is_a_fixed_point_of_cleaning(reply):
+    """The checks suite re-applies strip_preamble and leaked_rows to kept rows: they must agree."""
+    j = _judge(reply)
+    assert j.drop_reason is None and j.text == GOOD
+    assert strip_preamble(j.text) == j.text
+    assert not leaked_rows(pl.DataFrame({"text": [j.text], "rewrite_prompt": ["wrap_wikipedia@1"]})).any()
+
+
 def test_a_document_that_starts_like_a_preamble_is_not_cut():
     text = "Sure footing matters on icy paths.\nThe council grits the main roads before seven every morning."
     assert strip_preamble(text) == text  # a first line without rewrite words stays

@@ -74,8 +74,20 @@ _DOC_TAG = re.compile(r"<\s*/?\s*document\s*>", re.I)
 
 
 def strip_preamble(text: str) -> str:
-    """The text without leading chat lines ("Sure! Here is the rewritten text:") and trailing
-    remarks about the rewrite ("This revised version ...", "I hope this helps")."""
+    """The text without wrappers, leading chat lines ("Sure! Here is the rewritten text:") and
+    trailing remarks about the rewrite ("This revised version ...", "I hope this helps").
+
+    Idempotent (repeated to a fixed point): the checks suite flags a kept rewrite that this
+    function would still change."""
+    for _ in range(8):
+        cleaned = _strip_once(text)
+        if cleaned == text:
+            break
+        text = cleaned
+    return text
+
+
+def _strip_once(text: str) -> str:
     text = _INLINE_WRAP.sub("", _TAG_LINE.sub("", _FENCE_LINE.sub("", text)))
     for _ in range(2):
         text = _EDGE_TAG.sub("", text.strip())
@@ -291,7 +303,7 @@ def judge(reply: str | None, *, parent: str, parent_lang: str | None, prompt: Pr
         injected = injection_reason(text, parent)
         if injected:
             return drop(injected)
-    if config.detect_prompt_leak and is_prompt_leak(text, prompt, parent):
+    if config.detect_prompt_leak and is_prompt_leak(text, prompt, ""):  # as strict as the checks suite
         return drop("prompt_leak")
     if prompt.style == "qa" and not (_QUESTION.search(text) and _ANSWER.search(text)):
         return drop("bad_format")

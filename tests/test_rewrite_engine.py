@@ -49,7 +49,7 @@ TEXTS = [
 # lenient: SmolLM2-135M with a few dozen tokens writes short, often cut-off text; these tests are
 # about the engine, the post-processor's own tests are in test_rewrite_postprocess.py
 LENIENT = PostprocessConfig(min_chars=10, min_length_ratio=0.05, drop_truncated=False, same_language=False,
-                            max_copied_share=None)
+                            max_copied_share=None, min_parent_word_share=None)
 
 
 def _rejected(texts: list[str]) -> pl.DataFrame:

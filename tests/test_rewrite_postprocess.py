@@ -111,6 +111,16 @@ def test_a_copy_of_the_parent_is_unchanged():
     assert _judge(PARENT.replace(" home | about | contact | login", ""), config=off).drop_reason is None
 
 
+def test_chatter_that_ignores_the_document_is_off_topic():
+    # what SmolLM2-135M answered to a researcher's home page in the demo: no word of the page survives
+    chatter = ("I'm ready to assist you with your writing. Please go ahead and share the text you'd like me to "
+               "improve. I'll provide you with constructive feedback and suggest alternative phrasings to enhance "
+               "clarity, coherence, and overall quality. What's the text you'd like to work on?")
+    assert _judge(chatter).drop_reason == "off_topic"
+    assert _judge(GOOD).drop_reason is None  # a real rewrite reuses the document's words
+    assert _judge(chatter, config=PostprocessConfig(min_parent_word_share=None)).drop_reason is None
+
+
 def test_refusal_needs_to_be_about_the_request():
     memoir = ("I cannot forget the summer we spent by the lake. " + GOOD) * 2
     assert not is_refusal(memoir)

@@ -29,6 +29,10 @@ class PostprocessConfig(_Strict):
     max_copied_share: float | None = Field(
         default=0.9, gt=0.0, le=1.0, description="share of the rewrite's word 4-grams copied from the parent at "
                                                  "which it is `unchanged` (a rejected text coming back); None: off")
+    min_parent_word_share: float | None = Field(
+        default=0.3, gt=0.0, le=1.0, description="share of the rewrite's distinct content words (4+ letters) that "
+                                                 "the parent has, below which it is `off_topic` (chatter that "
+                                                 "ignores the document); None: off")
     same_language: bool = Field(default=True, description="drop a rewrite whose language differs from the parent's")
     min_lang_score: float = Field(
         default=0.5, ge=0.0, le=1.0, description="language id must be this sure of the rewrite to call it a change")

@@ -264,6 +264,21 @@ def copied_share(output: str, parent: str, *, n: int = 4) -> float:
     return len(out & _ngrams(parent, n)) / len(out)
 
 
+_CONTENT_WORD = re.compile(r"[^\W\d_]{4,}")
+
+
+def parent_word_share(output: str, parent: str) -> float:
+    """Share of the output's distinct content words (4+ letters) that occur in the parent.
+
+    A rewrite keeps the document's facts, so most of its content words come from it; a reply
+    that talks about the task instead ("I'm ready to help with your text…") shares almost none.
+    """
+    words = set(_CONTENT_WORD.findall(output.lower()))
+    if not words:
+        return 1.0  # nothing to compare (e.g. unspaced scripts): other checks decide
+    return len(words & set(_CONTENT_WORD.findall(parent.lower()))) / len(words)
+
+
 @dataclass(frozen=True)
 class Judgement:
     text: str
@@ -317,6 +332,8 @@ def judge(reply: str | None, *, parent: str, parent_lang: str | None, prompt: Pr
         return drop("runaway")
     if config.same_language and parent_lang and score >= config.min_lang_score and lang != parent_lang:
         return drop("language_changed")
+    if config.min_parent_word_share is not None and parent_word_share(text, parent) < config.min_parent_word_share:
+        return drop("off_topic")
     return Judgement(text, None, lang, score)
 
 

@@ -1,0 +1,95 @@
+"""The mixed stage on extra files: budget and shares, contamination removed and listed, packed
+tokens, the exact order, the card; reruns reuse the version."""
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from textmill import stages
+from textmill.config import RecipeError, parse_recipe
+from textmill.mix.config import ExportConfig, MixComponent, MixConfig
+from textmill.mix.decontam import bundled_questions
+from textmill.storage import Store
+
+QUALITY_SAMPLE = Path(__file__).resolve().parents[1] / "textmill" / "sample" / "quality" / "labelled.jsonl.gz"
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+@pytest.fixture
+def sources(tmp_path):
+    rows = [json.loads(line) for line in gzip.open(QUALITY_SAMPLE, "rt", encoding="utf-8")]
+    articles = [{"id": r["id"], "text": r["text"], "lang": "en"} for r in rows if r["label"] == "hq"][:120]
+    boiler = [{"id": r["id"], "text": r["text"], "lang": "en"} for r in rows if r["label"] == "lq"][:120]
+    question = bundled_questions().filter(pl.col("benchmark") == "gsm8k")["text"][0]
+    articles[5]["text"] = articles[5]["text"] + "\n\nA reader asked: " + question
+    _write(tmp_path / "articles.jsonl", articles)
+    _write(tmp_path / "boiler.jsonl", boiler)
+    return tmp_path, articles[5]["id"]
+
+
+def _mix(folder: Path, **kw) -> MixConfig:
+    base = dict(name="test", components=[
+        MixComponent(name="articles", kind="files", paths=[str(folder / "articles.jsonl")], token_share=0.75),
+        MixComponent(name="boiler", kind="files", paths=[str(folder / "boiler.jsonl")], token_share=0.25)],
+        total_tokens=40_000, seed=3, export=ExportConfig(sequence_length=256, packer="best_fit"))
+    return MixConfig(**(base | kw))
+
+
+def test_mix_of_files_meets_budget_and_shares_and_removes_contamination(sources):
+    folder, planted = sources
+    store = Store(str(folder / "store"))
+    result = stages.mixed(store=store, config=_mix(folder), versions={})
+    stats = result.manifest.statistics
+    main = stats["mix"]["phases"]["main"]
+    assert main["within_tolerance"]
+    assert abs(stats["tokens"] - 40_000) <= 0.02 * 40_000
+    assert abs(main["components"]["articles"]["share"] - 0.75) <= 0.02
+    # the planted GSM8K question is removed and listed with its benchmark and span
+    version_dir = Path(store.version_dir("mixed", "test", result.version))
+    report = pl.read_parquet(version_dir / "contamination.parquet")
+    assert planted in report["id"].to_list() and "gsm8k" in report["benchmark"].to_list()
+    assert "ducks" in report.filter(pl.col("id") == planted)["span"][0]
+    mix = store.scan(result.manifest).collect()
+    assert planted not in mix["id"].to_list()
+    # the order file is the exact training order; the packed tokens hold every mixed token once
+    order = pl.read_parquet(version_dir / "order.parquet")
+    assert order["id"].to_list() == mix["id"].to_list() and order["position"].to_list() == list(range(mix.height))
+    tokens = np.load(version_dir / "tokens.npy")
+    assert tokens.shape[1] == 256 and tokens.dtype == np.uint32
+    index = pl.read_parquet(version_dir / "tokens-index.parquet")
+    assert int(index["length"].sum()) >= int(order["tokens"].sum())  # documents plus end-of-text tokens
+    card = (version_dir / "README.md").read_text()
+    assert "gsm8k" in card and f"{stats['tokens']:,} tokens" in card
+    # same inputs and config: the version is reused; another seed gives another order
+    assert stages.mixed(store=store, config=_mix(folder), versions={}).reused
+    other = stages.mixed(store=store, config=_mix(folder, seed=4), versions={})
+    assert other.version != result.version
+    assert store.scan(other.manifest).select("id").collect()["id"].to_list() != mix["id"].to_list()
+
+
+def test_a_small_component_repeats_up_to_its_cap_and_reports_the_shortfall(sources):
+    folder, _ = sources
+    config = _mix(folder, components=[
+        MixComponent(name="articles", kind="files", paths=[str(folder / "articles.jsonl")], token_share=0.5),
+        MixComponent(name="boiler", kind="files", paths=[str(folder / "boiler.jsonl")], token_share=0.5,
+                     max_epochs=1.0)], total_tokens=200_000)
+    result = stages.mixed(store=Store(str(folder / "store")), config=config, versions={})
+    boiler = result.manifest.statistics["mix"]["phases"]["main"]["components"]["boiler"]
+    assert boiler["epoch_capped"] and boiler["epochs"] <= 1.0 + 1e-9 and boiler["shortfall_tokens"] > 0
+    assert result.manifest.statistics["within_tolerance"] is False  # said, not hidden
+
+
+def test_mix_recipe_errors_name_the_field():
+    with pytest.raises(RecipeError, match="mixed.0.components.0"):
+        parse_recipe({"mixed": [{"name": "m", "total_tokens": 10,
+                                 "components": [{"name": "a", "kind": "files", "weight": 1}]}]})
+    with pytest.raises(RecipeError, match="mix names must be unique"):
+        mix = {"name": "m", "total_tokens": 10, "components": [{"name": "a", "kind": "kept", "weight": 1}]}
+        parse_recipe({"mixed": [mix, mix]})

@@ -43,10 +43,12 @@ class StorageConfig(_Strict):
 
 
 class ExecutionConfig(_Strict):
-    """How shards run: a local process pool (default), or in-process for debugging."""
+    """How shards run: a local process pool (default), in-process for debugging, or on Ray."""
 
-    backend: Literal["local", "serial"] = "local"
-    workers: int | None = Field(default=None, ge=1, description="defaults to the number of cores")
+    backend: Literal["local", "serial", "ray"] = "local"
+    workers: int | None = Field(default=None, ge=1, description="defaults to the number of cores (Ray: the cluster's CPUs)")
+    ray_address: str | None = Field(default=None, description="backend ray: an existing cluster (ray://host:10001 "
+                                                               "or auto); null starts a local Ray")
 
 
 class RawChecks(_Strict):

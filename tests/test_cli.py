@@ -177,3 +177,29 @@ def test_ui_serves_the_asset_graph(demo_dir):
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
+
+
+def test_status_marks_versions_built_from_an_old_upstream_as_stale(tmp_path):
+    from textmill import stages
+    from textmill.cli import version_status
+    from textmill.config import DedupConfig, RawConfig
+    from textmill.executor import SerialExecutor
+
+    landing = tmp_path / "data" / "landing" / "c1"
+    landing.mkdir(parents=True)
+    (landing / "docs.jsonl").write_text("".join(
+        json.dumps({"id": str(i), "url": f"https://s{i}.example/", "text": f"Document number {i} about rivers."}) + "\n"
+        for i in range(6)))
+    store = Store(str(tmp_path / "data"))
+    raw = stages.raw(store=store, crawl="c1", config=RawConfig(), executor=SerialExecutor())
+    stages.deduped(store=store, crawl="c1", raw_version=raw.version, config=DedupConfig(), executor=SerialExecutor())
+    rows = {row["stage"]: row for row in version_status(store)}
+    assert not rows["raw"]["stale"] and not rows["deduped"]["stale"] and rows["filtered"]["version"] is None
+    # a new raw version (another recipe) leaves the deduped version behind
+    newer = stages.raw(store=store, crawl="c1", config=RawConfig(rows_per_part=2), executor=SerialExecutor())
+    rows = {row["stage"]: row for row in version_status(store)}
+    assert rows["raw"]["version"] == newer.version and rows["raw"]["versions"] == 2
+    assert rows["deduped"]["stale"] and newer.version in rows["deduped"]["why"]
+    shown = _textmill("status", "--root", str(tmp_path / "data"), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "stale" in shown.stdout and "current" in shown.stdout and "not built" in shown.stdout

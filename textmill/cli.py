@@ -1,4 +1,4 @@
-"""The `textmill` command: demo, run, ui, inspect, quality.
+"""The `textmill` command: demo, run, ui, inspect, status, quality.
 
 `demo` and `run` materialize assets through Dagster (so every run has lineage and shows
 up in `textmill ui`); `inspect` reads dataset versions directly.
@@ -310,6 +310,67 @@ def inspect(
         text = row.get("text") or ""
         if text:
             console.print(text[:chars] + ("…" if len(text) > chars else ""), markup=False, highlight=False)
+
+
+CHAIN = (("raw", None), ("deduped", "raw"), ("filtered", "deduped"), ("rewritten", "filtered"))
+
+
+def version_status(store) -> list[dict]:
+    """Per crawl and stage: the latest version, how many exist, and whether it is stale (built
+    from an upstream version that is no longer the upstream's latest, or upstream is stale)."""
+    rows = []
+    crawls = sorted(set().union(*(store.partitions(stage) for stage, _ in CHAIN)))
+    for crawl in crawls:
+        latest: dict[str, object] = {}
+        stale: dict[str, bool] = {}
+        for stage, upstream in CHAIN:
+            versions = store.versions(stage, crawl)
+            manifest = versions[-1] if versions else None
+            latest[stage] = manifest
+            if manifest is None:
+                rows.append({"crawl": crawl, "stage": stage, "version": None, "versions": 0, "stale": None,
+                             "why": "not built"})
+                continue
+            why = ""
+            if upstream is not None:
+                source = next((i for i in manifest.inputs if i.get("stage") == upstream), None)
+                up = latest.get(upstream)
+                if up is None:
+                    why = f"{upstream} not built"
+                elif source is None or source.get("version") != up.version:
+                    why = f"built from {upstream} {source.get('version') if source else '?'}, latest is {up.version}"
+                elif stale.get(upstream):
+                    why = f"{upstream} is stale"
+            stale[stage] = bool(why)
+            rows.append({"crawl": crawl, "stage": stage, "version": manifest.version, "versions": len(versions),
+                         "stale": bool(why), "why": why, "documents": manifest.rows})
+    return rows
+
+
+@app.command()
+def status(recipe: RecipeOption = None, root: RootOption = None) -> None:
+    """Per crawl: which dataset versions exist, and which are stale against their upstream."""
+    from textmill.storage import Store
+
+    settings = _configure(recipe, root)
+    store = Store(settings.storage.root, storage_options=settings.storage.storage_options)
+    rows = version_status(store)
+    if not rows:
+        console.print(f"no dataset versions under {store.uri(store.path('datasets'))}")
+        return
+    table = Table(title=f"textmill status: {store.uri(store.path('datasets'))}")
+    for column in ("crawl", "stage", "latest version", "versions", "documents", "state"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        state = ("[dim]not built[/dim]" if row["version"] is None else
+                 f"[yellow]stale[/yellow]: {row['why']}" if row["stale"] else "[green]current[/green]")
+        table.add_row(row["crawl"], row["stage"], row["version"] or "-", str(row["versions"]),
+                      str(row.get("documents", "-")), state)
+    console.print(table)
+    for mix in store.partitions("mixed"):
+        manifest = store.latest("mixed", mix)
+        if manifest is not None:
+            console.print(f"mix {mix}: version {manifest.version}, {manifest.statistics.get('tokens', 0):,} tokens")
 
 
 quality_app = typer.Typer(no_args_is_help=True, help="fastText quality classifier: train it, or distil it from LLM grades.")

@@ -8,6 +8,7 @@ from assets.mixed import mixed
 from assets.rewritten import rewritten
 from assets.raw import raw
 from assets.resources import resource_from_env
+from assets.schedules import crawl_pipeline, nightly_crawls
 from assets.sensors import landing_sensor
 
 # every asset in lineage order; `textmill demo` materializes all of them for a crawl
@@ -17,5 +18,7 @@ MIX_ASSETS = [mixed]  # partitioned by mix name, over every crawl
 defs = Definitions(
     assets=ALL_ASSETS + MIX_ASSETS,
     sensors=[landing_sensor],
+    schedules=[nightly_crawls],
+    jobs=[crawl_pipeline],
     resources={"textmill": resource_from_env()},
 )

@@ -187,3 +187,26 @@ def test_rewritten_materializes_with_the_local_model_and_provenance(tmp_path):
     again = materialize(ALL_ASSETS, partition_key="CC-A", instance=instance, resources=resources)
     meta2 = {k: v.value for k, v in again.asset_materializations_for_node("rewritten")[0].metadata.items()}
     assert meta2["reused"] is True and meta2["version"] == meta["version"]
+
+
+def test_nightly_schedule_adds_new_crawls_and_requests_unfinished_ones(tmp_path):
+    from datetime import datetime, timezone
+
+    from dagster import build_schedule_context
+
+    from assets.schedules import nightly_crawls
+
+    assert defs.resolve_schedule_def("nightly_crawls").cron_schedule == "0 2 * * *"
+    assert defs.resolve_job_def("crawl_pipeline") is not None
+    _land(tmp_path, "CC-A", "warcio-example.warc.gz")
+    _land(tmp_path, "CC-B", "warcio-example.warc.gz")
+    (tmp_path / "dagster").mkdir()
+    instance = DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster"))  # schedules need an instance ref
+    instance.add_dynamic_partitions("crawls", ["CC-A"])
+    resources = {"textmill": TextmillResource(root=str(tmp_path))}
+    when = datetime(2026, 11, 23, 2, tzinfo=timezone.utc)
+    requests = nightly_crawls(build_schedule_context(instance=instance, resources=resources,
+                                                     scheduled_execution_time=when))
+    assert sorted(r.partition_key for r in requests) == ["CC-A", "CC-B"]
+    assert {r.run_key for r in requests} == {"nightly:2026-11-23:CC-A", "nightly:2026-11-23:CC-B"}
+    assert sorted(instance.get_dynamic_partitions("crawls")) == ["CC-A", "CC-B"]

@@ -1,9 +1,9 @@
 """The `deduped` asset: URL, exact and near duplicates removed from a crawl's raw version."""
 
 from contextlib import closing
-from dagster import AssetCheckSpec, AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
-from assets.metadata import check_result, upstream_version, version_metadata
+from assets.metadata import blocking_checks, check_result, upstream_version, version_metadata
 from assets.partitions import crawls_partitions
 from assets.raw import raw
 from assets.resources import TextmillResource
@@ -17,8 +17,7 @@ from textmill import stages
     code_version=stages.CODE_VERSIONS["deduped"],
     group_name="textmill",
     kinds={"parquet", "polars"},
-    check_specs=[AssetCheckSpec(name, asset="deduped", description=text, blocking=True)
-                 for name, text in CHECK_NAMES.items()],
+    check_specs=blocking_checks("deduped", CHECK_NAMES),
     description="Documents of a crawl without URL, exact and MinHash-LSH near duplicates, also against earlier crawls.",
 )
 def deduped(context: AssetExecutionContext, textmill: TextmillResource) -> MaterializeResult:

@@ -1,10 +1,10 @@
 """The `filtered` asset: quality, safety and PII signals of a crawl's deduped version; kept and rejected."""
 
 from contextlib import closing
-from dagster import AssetCheckSpec, AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from assets.deduped import deduped
-from assets.metadata import check_result, upstream_version, version_metadata
+from assets.metadata import blocking_checks, check_result, upstream_version, version_metadata
 from assets.partitions import crawls_partitions
 from assets.resources import TextmillResource
 from checks.filtered import CHECK_NAMES, run_filtered_checks
@@ -18,8 +18,7 @@ from textmill.report import markdown
     code_version=stages.CODE_VERSIONS["filtered"],
     group_name="textmill",
     kinds={"parquet", "polars"},
-    check_specs=[AssetCheckSpec(name, asset="filtered", description=text, blocking=True)
-                 for name, text in CHECK_NAMES.items()],
+    check_specs=blocking_checks("filtered", CHECK_NAMES),
     description="Every document of a deduped crawl with its quality, safety and PII signals, kept or rejected "
                 "with the first failing rule; kept text has PII redacted, rejected documents stay for recycling.",
 )

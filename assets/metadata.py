@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSpec,
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
@@ -60,6 +61,11 @@ def version_metadata(store: Store, result: StageResult) -> dict:
         "textmill_version": manifest.textmill_version,
         "preview": MetadataValue.md(markdown_preview(store, result)),
     }
+
+
+def blocking_checks(asset: str, names: dict[str, str]) -> list[AssetCheckSpec]:
+    """One blocking check spec per check of a suite (name → description): an ERROR stops downstream."""
+    return [AssetCheckSpec(name, asset=asset, description=text, blocking=True) for name, text in names.items()]
 
 
 def check_result(outcome: CheckOutcome) -> AssetCheckResult:

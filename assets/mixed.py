@@ -1,10 +1,10 @@
 """The `mixed` asset: one training mix of the recipe, over every crawl's kept and rewritten documents."""
 
-from dagster import (AllPartitionMapping, AssetCheckSpec, AssetDep, AssetExecutionContext, AssetKey,
+from dagster import (AllPartitionMapping, AssetDep, AssetExecutionContext, AssetKey,
                      AssetRecordsFilter, DataVersion, MaterializeResult, MetadataValue, asset)
 
 from assets.filtered import filtered
-from assets.metadata import check_result, version_metadata
+from assets.metadata import blocking_checks, check_result, version_metadata
 from assets.partitions import crawls_partitions, mixes_partitions
 from assets.resources import TextmillResource
 from assets.rewritten import rewritten
@@ -30,8 +30,7 @@ def _latest_versions(context: AssetExecutionContext, asset_name: str) -> dict[st
     code_version=stages.CODE_VERSIONS["mixed"],
     group_name="textmill",
     kinds={"parquet", "numpy"},
-    check_specs=[AssetCheckSpec(name, asset="mixed", description=text, blocking=True)
-                 for name, text in CHECK_NAMES.items()],
+    check_specs=blocking_checks("mixed", CHECK_NAMES),
     description="A weighted, decontaminated, tokenized training mix (Parquet in mix order, packed token "
                 "sequences, the exact document order) with an HF-style data card.",
 )

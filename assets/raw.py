@@ -2,9 +2,9 @@
 
 from contextlib import closing
 
-from dagster import AssetCheckSpec, AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
-from assets.metadata import check_result, version_metadata
+from assets.metadata import blocking_checks, check_result, version_metadata
 from assets.partitions import crawls_partitions
 from assets.resources import TextmillResource
 from checks.raw import CHECK_NAMES, run_raw_checks
@@ -16,7 +16,7 @@ from textmill import stages
     code_version=stages.CODE_VERSIONS["raw"],
     group_name="textmill",
     kinds={"parquet", "polars"},
-    check_specs=[AssetCheckSpec(name, asset="raw", description=text, blocking=True) for name, text in CHECK_NAMES.items()],
+    check_specs=blocking_checks("raw", CHECK_NAMES),
     description="Extracted text and language of every document of a crawl (WARC/WET/JSONL/Parquet landing files).",
 )
 def raw(context: AssetExecutionContext, textmill: TextmillResource) -> MaterializeResult:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import resource
 import subprocess
 import threading
 import time
@@ -102,6 +104,43 @@ def run_monitored(command: list, *, stderr: IO[bytes], log: Path, interval: floa
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{command[1]} failed with exit code {child.returncode}:\n{tail}")
     return stdout, wall, monitor
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a measured child: nothing may download (Hugging Face offline)."""
+    env = dict(os.environ)
+    env |= {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return env
+
+
+def measure_child(command: list, *, cwd: Path, log: Path, interval: float, timeout: float) -> dict:
+    """Run one benchmark child offline under the monitor; its wall, CPU, memory and last JSON line."""
+    load = os.getloadavg()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(log, "ab") as stderr:
+        stderr.write(f"\n$ {' '.join(map(str, command))}\n".encode())
+        stderr.flush()
+        stdout, wall, monitor = run_monitored(command, stderr=stderr, log=log, interval=interval, timeout=timeout,
+                                              cwd=cwd, env=child_env())
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
+    rusage_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    tree_cpu = sum(monitor.cpu.values())
+    return {
+        "wall_seconds": round(wall, 3),
+        "cpu_seconds": round(max(rusage_cpu, tree_cpu), 3),
+        "cpu_seconds_rusage": round(rusage_cpu, 3),
+        "cpu_seconds_polled": round(tree_cpu, 3),
+        "peak_rss_sum_mib": round(monitor.peak_rss / 2**20, 1),
+        "peak_pss_sum_mib": round(monitor.peak_pss / 2**20, 1),
+        "peak_single_rss_mib": round(monitor.peak_single_rss / 2**20, 1),
+        "peak_parent_rss_mib": round(monitor.peak_root_rss / 2**20, 1),
+        "peak_worker_rss_mib": round(monitor.peak_child_rss / 2**20, 1),
+        "peak_processes": monitor.peak_processes,
+        "monitor_samples": monitor.samples,
+        "load_average_before": [round(x, 2) for x in load],
+        "child": json.loads(lines[-1]) if lines else None,
+    }
 
 
 def machine() -> dict:

@@ -59,7 +59,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -67,7 +66,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _procmon import machine, run_monitored  # bench/ is on sys.path when run as a script
+from _procmon import child_env, machine, measure_child  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHONS = {"textmill": REPO / ".venv/bin/python", "textmill-words": REPO / ".venv/bin/python", "datatrove": REPO / ".venv-bench/bin/python",
@@ -78,41 +77,6 @@ KIND_ORDER = ("exact", "edit", "reorder", "truncate", "mixed")
 
 
 # --- measuring a child --------------------------------------------------------------------
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env |= {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return env
-
-
-def run_child(command: list[str], *, log: Path, interval: float, timeout: float) -> dict:
-    load = os.getloadavg()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with open(log, "ab") as stderr:
-        stderr.write(f"\n$ {' '.join(map(str, command))}\n".encode())
-        stderr.flush()
-        stdout, wall, monitor = run_monitored(command, stderr=stderr, log=log, interval=interval, timeout=timeout,
-                                              cwd=REPO, env=child_env())
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
-    rusage_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    tree_cpu = sum(monitor.cpu.values())
-    return {
-        "wall_seconds": round(wall, 3),
-        "cpu_seconds": round(max(rusage_cpu, tree_cpu), 3),
-        "cpu_seconds_rusage": round(rusage_cpu, 3),
-        "cpu_seconds_polled": round(tree_cpu, 3),
-        "peak_rss_sum_mib": round(monitor.peak_rss / 2**20, 1),
-        "peak_pss_sum_mib": round(monitor.peak_pss / 2**20, 1),
-        "peak_single_rss_mib": round(monitor.peak_single_rss / 2**20, 1),
-        "peak_parent_rss_mib": round(monitor.peak_root_rss / 2**20, 1),
-        "peak_worker_rss_mib": round(monitor.peak_child_rss / 2**20, 1),
-        "peak_processes": monitor.peak_processes,
-        "monitor_samples": monitor.samples,
-        "load_average_before": [round(x, 2) for x in load],
-        "child": json.loads(lines[-1]) if lines else None,
-    }
-
 
 def run_export(command: list[str], *, log: Path) -> dict:
     with open(log, "ab") as stderr:
@@ -191,8 +155,8 @@ def run_system(system: str, corpus: Path, work: Path, args, log: Path) -> list[d
     if system == "textmill-words":  # the same raw version as "textmill", other tokens: dedup only
         work = work.parent / "textmill"
         tokens = ["--tokens", "words"]
-        dedup = run_child([python, script, "dedup", "--root", work, *common, *tokens], log=log, interval=args.poll,
-                          timeout=timeout)
+        dedup = measure_child([python, script, "dedup", "--root", work, *common, *tokens], cwd=REPO, log=log,
+                              interval=args.poll, timeout=timeout)
         print(f"    textmill dedup (tokens=words): {dedup['wall_seconds']:.1f} s", file=sys.stderr)
         export = run_export([python, script, "export", "--root", work, "--out", work / "assignments.parquet"],
                             log=log)
@@ -203,10 +167,11 @@ def run_system(system: str, corpus: Path, work: Path, args, log: Path) -> list[d
     assignments = work / "assignments.parquet"
     if system == "textmill":
         link_landing(corpus, work / "landing" / "bench")
-        raw = run_child([python, script, "raw", "--root", work, *common], log=log, interval=args.poll, timeout=timeout)
+        raw = measure_child([python, script, "raw", "--root", work, *common], cwd=REPO, log=log, interval=args.poll,
+                            timeout=timeout)
         print(f"    textmill raw: {raw['wall_seconds']:.1f} s", file=sys.stderr)
-        dedup = run_child([python, script, "dedup", "--root", work, *common], log=log, interval=args.poll,
-                          timeout=timeout)
+        dedup = measure_child([python, script, "dedup", "--root", work, *common], cwd=REPO, log=log,
+                              interval=args.poll, timeout=timeout)
         print(f"    textmill dedup: {dedup['wall_seconds']:.1f} s", file=sys.stderr)
         export = run_export([python, script, "export", "--root", work, "--out", assignments], log=log)
         total = {
@@ -220,8 +185,8 @@ def run_system(system: str, corpus: Path, work: Path, args, log: Path) -> list[d
         return [("textmill dedup", dedup, export, True), ("textmill raw", raw, None, False),
                 ("textmill raw+dedup", total, export, True)]
     landing = corpus / "landing"
-    measured = run_child([python, script, "run", "--landing", landing, "--work", work, *common], log=log,
-                         interval=args.poll, timeout=timeout)
+    measured = measure_child([python, script, "run", "--landing", landing, "--work", work, *common], cwd=REPO,
+                             log=log, interval=args.poll, timeout=timeout)
     print(f"    {system}: {measured['wall_seconds']:.1f} s", file=sys.stderr)
     export = run_export([python, script, "export", "--landing", landing, "--work", work, "--out", assignments],
                         log=log)

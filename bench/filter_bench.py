@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -43,32 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _procmon import machine, run_monitored  # noqa: E402
-
-
-def child_env() -> dict[str, str]:
-    return dict(os.environ) | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def run_child(command: list, *, log: Path, interval: float, timeout: float) -> dict:
-    load = os.getloadavg()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with open(log, "ab") as stderr:
-        stderr.write(f"\n$ {' '.join(map(str, command))}\n".encode())
-        stderr.flush()
-        stdout, wall, monitor = run_monitored(command, stderr=stderr, log=log, interval=interval, timeout=timeout,
-                                              cwd=REPO, env=child_env())
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rusage_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
-    return {
-        "wall_seconds": round(wall, 3),
-        "cpu_seconds": round(max(rusage_cpu, sum(monitor.cpu.values())), 3),
-        "peak_rss_sum_mib": round(monitor.peak_rss / 2**20, 1),
-        "peak_processes": monitor.peak_processes,
-        "load_average_before": [round(x, 2) for x in load],
-        "child": json.loads(lines[-1]) if lines else None,
-    }
+from _procmon import machine, measure_child  # noqa: E402
 
 
 def throughput(docs: int, measured: dict) -> dict:
@@ -134,7 +107,7 @@ def main() -> int:
         else:
             print(f"running {system} on {docs:,} documents ...", file=sys.stderr, flush=True)
             started = time.time()
-            run["measured"] = run_child(command, log=log, interval=args.poll, timeout=args.timeout)
+            run["measured"] = measure_child(command, cwd=REPO, log=log, interval=args.poll, timeout=args.timeout)
             run["throughput"] = throughput(docs, run["measured"])
             run["status"] = "ok"
             print(f"  done in {time.time() - started:.0f} s", file=sys.stderr, flush=True)

@@ -24,7 +24,7 @@ from textmill.config import DedupConfig, FilteredConfig, RawConfig
 from textmill.executor import Executor
 from textmill.ingest.readers import detect_format
 from textmill.ingest.shard import IngestTask, ShardResult, ingest_shard
-from textmill.storage import Manifest, Store, content_version, file_fingerprint
+from textmill.storage import Manifest, Store, content_version, file_fingerprint, file_sha256
 
 if TYPE_CHECKING:
     from textmill.mix.config import MixComponent, MixConfig
@@ -51,6 +51,25 @@ class StageResult:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+
+def _before_after(rows: pl.DataFrame, selection: pl.DataFrame, *, count: int = 3) -> list[dict]:
+    """A few rewrites beside the documents they came from, for metadata and the data card."""
+    parents = selection.select(pl.col("id").alias("parent_id"), pl.col("text").alias("before"),
+                               pl.col("reject_reason").alias("reason")).unique("parent_id")
+    pairs = rows.head(count).select("parent_id", pl.col("rewrite_prompt").alias("prompt"),
+                                    pl.col("text").alias("after")).join(parents, on="parent_id", how="left")
+    return [pair | {"before": (pair["before"] or "")[:400], "after": pair["after"][:400]}
+            for pair in pairs.iter_rows(named=True)]
+
+
+def _reuse(store: Store, stage: str, partition: str, version: str) -> StageResult | None:
+    """The finished version of these inputs and config, if it exists: then a stage has nothing to do."""
+    existing = store.manifest(stage, partition, version)
+    if existing is None:
+        return None
+    log.info("%s/%s/%s exists; nothing to do", stage, partition, version)
+    return StageResult(existing, True, store.uri(store.version_dir(stage, partition, version)))
 
 
 def landing_files(store: Store, crawl: str, patterns: list[str]) -> tuple[list[str], list[str]]:
@@ -99,10 +118,8 @@ def raw(
     ]
     config_json = _config_for_version(config)
     version = content_version(stage="raw", code_version=CODE_VERSIONS["raw"], config=config_json, inputs=inputs)
-    existing = store.manifest("raw", crawl, version)
-    if existing is not None:
-        log.info("raw/%s/%s exists; nothing to do", crawl, version)
-        return StageResult(existing, True, store.uri(store.version_dir("raw", crawl, version)))
+    if (existing := _reuse(store, "raw", crawl, version)) is not None:
+        return existing
 
     started = time.perf_counter()
     writer = store.begin("raw", crawl, version)
@@ -213,10 +230,8 @@ def deduped(
     config_json = config.model_dump(mode="json", exclude={"checks"})
     version = content_version(stage="deduped", code_version=CODE_VERSIONS["deduped"], config=config_json,
                               inputs=inputs)
-    existing = store.manifest("deduped", crawl, version)
-    if existing is not None:
-        log.info("deduped/%s/%s exists; nothing to do", crawl, version)
-        return StageResult(existing, True, store.uri(store.version_dir("deduped", crawl, version)))
+    if (existing := _reuse(store, "deduped", crawl, version)) is not None:
+        return existing
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -351,16 +366,6 @@ def deduped(
     return StageResult(manifest, False, store.uri(writer.folder))
 
 
-def _file_sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def filtered(
     *,
     store: Store,
@@ -387,15 +392,13 @@ def filtered(
         if not os.path.exists(model_path):
             raise FileNotFoundError(f"filtered.quality_model.model_path: no model file at {model_path}")
         sidecar = model_path + ".json"  # the text rule and positive label scoring repeats
-        inputs.append({"kind": "quality_model", "sha256": _file_sha256(model_path),
-                       "sidecar_sha256": _file_sha256(sidecar) if os.path.exists(sidecar) else None})
+        inputs.append({"kind": "quality_model", "sha256": file_sha256(model_path),
+                       "sidecar_sha256": file_sha256(sidecar) if os.path.exists(sidecar) else None})
     config_json = config.model_dump(mode="json", exclude={"checks", "examples_per_reason"})
     version = content_version(stage="filtered", code_version=CODE_VERSIONS["filtered"], config=config_json,
                               inputs=inputs)
-    existing = store.manifest("filtered", crawl, version)
-    if existing is not None:
-        log.info("filtered/%s/%s exists; nothing to do", crawl, version)
-        return StageResult(existing, True, store.uri(store.version_dir("filtered", crawl, version)))
+    if (existing := _reuse(store, "filtered", crawl, version)) is not None:
+        return existing
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -540,10 +543,8 @@ def rewritten(
             if config.rescore else None}
         version = content_version(stage="rewritten", code_version=CODE_VERSIONS["rewritten"], config=config_json,
                                   inputs=inputs)
-        existing = store.manifest("rewritten", crawl, version)
-        if existing is not None:
-            log.info("rewritten/%s/%s exists; nothing to do", crawl, version)
-            return StageResult(existing, True, store.uri(store.version_dir("rewritten", crawl, version)))
+        if (existing := _reuse(store, "rewritten", crawl, version)) is not None:
+            return existing
 
         started = time.perf_counter()
         writer = store.begin("rewritten", crawl, version)
@@ -583,8 +584,7 @@ def rewritten(
         "pass_rate": stats["pass_rate"],
         "failed_request_share": round(stats["failed"] / stats["requests"], 6) if stats["requests"] else 0.0,
         "synthetic_share": round(rows.height / (rows.height + kept_originals), 6) if rows.height else 0.0,
-        "examples": [{"parent_id": r["parent_id"], "prompt": r["rewrite_prompt"], "after": r["text"][:400]}
-                     for r in rows.head(3).iter_rows(named=True)],
+        "examples": _before_after(rows, selection),
     }
     wall = time.perf_counter() - started
     timings = {"wall_seconds": round(wall, 4), "generation_seconds": stats["generation_seconds"],
@@ -667,10 +667,8 @@ def mixed(
         inputs += [i for i in component_inputs if i not in inputs]
     config_json = config.model_dump(mode="json")
     version = content_version(stage="mixed", code_version=CODE_VERSIONS["mixed"], config=config_json, inputs=inputs)
-    existing = store.manifest("mixed", config.name, version)
-    if existing is not None:
-        log.info("mixed/%s/%s exists; nothing to do", config.name, version)
-        return StageResult(existing, True, store.uri(store.version_dir("mixed", config.name, version)))
+    if (existing := _reuse(store, "mixed", config.name, version)) is not None:
+        return existing
 
     started = time.perf_counter()
     writer = store.begin("mixed", config.name, version)
@@ -751,7 +749,7 @@ def mixed(
                            name=f"textmill-{config.name}", lengths=lengths)
     parts = [_part_info(store, writer.folder, f["path"], rows=f["rows"]) for f in exported["files"]]
     extra = {"order": [_part_info(store, writer.folder, exported["order"]["path"], rows=exported["order"]["rows"])],
-             "card": [_part_info(store, writer.folder, name) for name in ("README.md", "report.html")]}
+             "card": [_part_info(store, writer.folder, posixpath.basename(path)) for path in card.values()]}
     if contamination.height:
         extra["contamination"] = [_part_info(store, writer.folder, "contamination.parquet", rows=contamination.height)]
     if exported.get("packed"):
@@ -759,8 +757,7 @@ def mixed(
                            for name in ("tokens.npy", "tokens-index.parquet", "tokens.json")]
     main = mix_stats.get("phases", {}).get("main", {})
     statistics = {"mix": mix_stats, "documents": mix.height, "tokens": int(mix["tokens"].sum() or 0) if mix.height else 0,
-                  "within_tolerance": main.get("within_tolerance"), "card": store.uri(posixpath.join(writer.folder,
-                                                                                                     "README.md"))}
+                  "within_tolerance": main.get("within_tolerance"), "card": card["readme"]}
     wall = time.perf_counter() - started
     manifest = writer.commit(
         code_version=CODE_VERSIONS["mixed"], files=parts, inputs=inputs, config=config_json,

@@ -310,6 +310,15 @@ class VersionWriter:
         return manifest
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a local file, read in 1 MiB blocks (model files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_fingerprint(fs: fsspec.AbstractFileSystem, path: str, *, window: int = 1 << 20) -> dict[str, Any]:
     """A cheap content fingerprint of an input file: size plus a hash of its head and tail."""
     size = int(fs.size(path))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import json
 import logging
 import math
@@ -41,6 +40,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from textmill.rewrite.backends import BackendError, Completion, LLMBackend
+from textmill.storage import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -198,14 +198,6 @@ def _split(groups: Sequence[Any], *, fraction: float, seed: int) -> np.ndarray:
     return np.array([str(g) in held for g in groups], dtype=bool)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _train_records(
     texts: list[str],
     labels: list[str],
@@ -265,7 +257,7 @@ def _train_records(
     report = QualityTrainReport(
         model_path=str(out),
         sidecar_path=str(out) + SIDECAR_SUFFIX,
-        model_sha256=_sha256(out),
+        model_sha256=file_sha256(out),
         positive_label=cfg.positive_label,
         labels=label_counts,
         n_train=int((~held).sum()),

@@ -24,6 +24,7 @@ from textmill.config import DedupConfig, FilteredConfig, RawConfig
 from textmill.executor import Executor
 from textmill.ingest.readers import detect_format
 from textmill.ingest.shard import IngestTask, ShardResult, ingest_shard
+from textmill.names import check_name, name_problem
 from textmill.storage import Manifest, Store, content_version, file_fingerprint, file_sha256
 
 if TYPE_CHECKING:
@@ -84,8 +85,18 @@ def landing_files(store: Store, crawl: str, patterns: list[str]) -> tuple[list[s
 
 
 def crawls(store: Store) -> list[str]:
-    """Crawl folders under landing/ (each becomes one partition)."""
-    return [name for name in store.listdir(store.landing_dir()) if store.fs.isdir(store.landing_dir(name))]
+    """Crawl folders under landing/ (each becomes one partition). A folder whose name is not a
+    safe name (textmill.names) is reported with a warning and left alone, never made a path."""
+    found, landing = [], store.landing_dir()
+    for name in store.listdir(landing):
+        if not store.fs.isdir(posixpath.join(landing, name)):  # a listed entry, only looked at
+            continue
+        problem = name_problem(name)
+        if problem is not None:
+            log.warning("ignoring landing folder %r: crawl name %s", name, problem)
+        else:
+            found.append(name)
+    return found
 
 
 def _source_of(store: Store, crawl: str, path: str) -> str:
@@ -108,6 +119,7 @@ def raw(
     progress: Progress | None = None,
 ) -> StageResult:
     """Ingest `landing/{crawl}/` into the raw version of that crawl."""
+    check_name(crawl, field="crawl")
     paths, ignored = landing_files(store, crawl, config.file_patterns)
     if not paths:
         raise FileNotFoundError(f"no input files matching {config.file_patterns} under {store.uri(store.landing_dir(crawl))}")

@@ -29,6 +29,7 @@ import polars as pl
 import xxhash
 
 from textmill import __version__
+from textmill.names import InvalidNameError, check_name, is_valid_name
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,13 @@ class Store:
 
     # paths ---------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
+        """A path under the root. Parts may hold '/', but never climb out of the root: an absolute
+        part, a '..' segment, a backslash or a control character is refused (names are checked
+        where they enter; this is the second line)."""
+        for part in parts:
+            if part.startswith("/") or "\\" in part or any(ord(c) < 32 or ord(c) == 127 for c in part) \
+                    or ".." in part.split("/"):
+                raise InvalidNameError(f"path part {part!r} would leave the storage root {self.url!r}")
         return posixpath.join(self.base, *parts)
 
     def uri(self, path: str) -> str:
@@ -147,13 +155,15 @@ class Store:
         return path if self.is_local else f"{self.protocol}://{path}"
 
     def version_dir(self, stage: str, partition: str, version: str) -> str:
-        return self.path("datasets", stage, partition, version)
+        return self.path("datasets", check_name(stage, field="stage"), check_name(partition, field="partition"),
+                         check_name(version, field="version"))
 
     def quarantine_dir(self, stage: str, partition: str, version: str) -> str:
-        return self.path("quarantine", stage, partition, version)
+        return self.path("quarantine", check_name(stage, field="stage"), check_name(partition, field="partition"),
+                         check_name(version, field="version"))
 
     def landing_dir(self, crawl: str | None = None) -> str:
-        return self.path("landing", crawl) if crawl else self.path("landing")
+        return self.path("landing", check_name(crawl, field="crawl")) if crawl is not None else self.path("landing")
 
     # bytes ---------------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
@@ -212,7 +222,11 @@ class Store:
     def versions(self, stage: str, partition: str) -> list[Manifest]:
         """Finished versions of a stage's partition, oldest first; unfinished folders are ignored."""
         found = []
-        for name in self.listdir(self.path("datasets", stage, partition)):
+        for name in self.listdir(self.path("datasets", check_name(stage, field="stage"),
+                                           check_name(partition, field="partition"))):
+            if not is_valid_name(name):
+                log.warning("ignoring %r under datasets/%s/%s: not a version name", name, stage, partition)
+                continue
             manifest = self.manifest(stage, partition, name)
             if manifest is not None:
                 found.append(manifest)
@@ -223,7 +237,12 @@ class Store:
         return versions[-1] if versions else None
 
     def partitions(self, stage: str) -> list[str]:
-        return self.listdir(self.path("datasets", stage))
+        """Partition folders of a stage; a folder whose name is not a safe name is skipped with a warning."""
+        names = self.listdir(self.path("datasets", check_name(stage, field="stage")))
+        for name in names:
+            if not is_valid_name(name):
+                log.warning("ignoring folder %r under datasets/%s: not a valid partition name", name, stage)
+        return [name for name in names if is_valid_name(name)]
 
     def part_uris(self, manifest: Manifest) -> list[str]:
         folder = self.version_dir(manifest.stage, manifest.partition, manifest.version)

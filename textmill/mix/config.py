@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from textmill.names import check_name
 
 _MODEL = ConfigDict(frozen=True, extra="forbid")
 SHARE_SUM_SLACK = 1e-6
@@ -32,6 +34,13 @@ class MixComponent(BaseModel):
     weight: float | None = Field(default=None, gt=0)
     token_share: float | None = Field(default=None, gt=0, le=1)
     max_epochs: float = Field(default=4.0, gt=0)
+
+    @field_validator("crawls")
+    @classmethod
+    def _safe_crawls(cls, value: list[str] | None) -> list[str] | None:
+        for crawl in value or []:  # crawl names become store paths
+            check_name(crawl, field="crawl")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "MixComponent":
@@ -101,7 +110,7 @@ class MixConfig(BaseModel):
 
     model_config = _MODEL
 
-    name: str = Field(default="mix", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(default="mix", description="becomes a folder name: see textmill.names")
     components: list[MixComponent] = Field(min_length=1)
     total_tokens: int = Field(gt=0)
     synthetic_cap: float | None = Field(default=None, ge=0, le=1)  # max token share of kind "rewritten"
@@ -112,6 +121,11 @@ class MixConfig(BaseModel):
     tokenizer: Literal["cl100k_base", "o200k_base"] = "cl100k_base"
     decontamination: DecontamConfig = DecontamConfig()
     export: ExportConfig = ExportConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_name(value, field="mix name")
 
     @model_validator(mode="after")
     def _check(self) -> "MixConfig":

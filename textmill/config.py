@@ -7,6 +7,7 @@ silently falling back to a default. `load_recipe` reports the failing field and 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -237,8 +238,36 @@ def parse_recipe(data: dict[str, Any] | None, *, source: str = "<recipe>") -> Re
         raise RecipeError(f"{source}: invalid recipe: {details}") from None
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(data: Any, *, source: str = "<recipe>", where: str = "") -> Any:
+    """Replace `${NAME}` / `${NAME:-default}` in a recipe's string values by environment variables.
+
+    Deployments keep endpoints and addresses out of the file (secrets never belong in one);
+    a variable that is unset and has no default is an error naming it and the field.
+    """
+    if isinstance(data, dict):
+        return {key: expand_env(value, source=source, where=f"{where}.{key}" if where else str(key))
+                for key, value in data.items()}
+    if isinstance(data, list):
+        return [expand_env(value, source=source, where=f"{where}.{index}") for index, value in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    def substitute(match: re.Match[str]) -> str:
+        value = os.environ.get(match.group(1))
+        if value is None:
+            if match.group(2) is None:
+                raise RecipeError(f"{source}: field '{where}': environment variable {match.group(1)} is not set")
+            return match.group(2)
+        return value
+
+    return _ENV_REFERENCE.sub(substitute, data)
+
+
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
-    """Read and validate a YAML recipe file."""
+    """Read and validate a YAML recipe file (after `${VAR}` substitution, see `expand_env`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -250,7 +279,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if data is not None and not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
-    return parse_recipe(data, source=str(path))
+    return parse_recipe(expand_env(data, source=str(path)), source=str(path))
 
 
 DEFAULT_RECIPE_PATH = Path("recipes/default.yaml")

@@ -34,6 +34,21 @@ RecipeOption = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="re
 RootOption = Annotated[Optional[str], typer.Option("--root", help="storage root override: a folder or s3://bucket/prefix")]
 
 
+def _name(value: str | None, *, field: str) -> str | None:
+    """A crawl/stage/version name from the command line, checked before it becomes a path (exit 2 if unsafe)."""
+    from rich.markup import escape
+
+    from textmill.names import InvalidNameError, check_name
+
+    if value is None:
+        return None
+    try:
+        return check_name(value, field=field)
+    except InvalidNameError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 def _configure(recipe_path: Path | None, root: str | None):
     """Validate the recipe before any work and export the settings the Dagster code location reads."""
     try:
@@ -198,6 +213,7 @@ def demo(recipe: RecipeOption = None, root: RootOption = None, crawl: str = SAMP
     """Materialize every asset for the bundled real crawl sample through Dagster."""
     from textmill.storage import Store
 
+    _name(crawl, field="--crawl")
     settings = _configure(recipe, root)
     store = Store(settings.storage.root, storage_options=settings.storage.storage_options)
     copied = install_sample(store, crawl)
@@ -213,6 +229,7 @@ def run(crawl: Annotated[str, typer.Argument(help="crawl folder under landing/")
     from textmill import stages
     from textmill.storage import Store
 
+    _name(crawl, field="crawl")
     settings = _configure(recipe, root)
     store = Store(settings.storage.root, storage_options=settings.storage.storage_options)
     if crawl not in stages.crawls(store):
@@ -255,6 +272,9 @@ def inspect(
 
     from textmill.storage import Store
 
+    _name(crawl, field="--crawl")
+    _name(stage, field="--stage")
+    _name(version, field="--version")
     settings = _configure(recipe, root)
     store = Store(settings.storage.root, storage_options=settings.storage.storage_options)
     partitions = [crawl] if crawl else store.partitions(stage)
@@ -434,6 +454,8 @@ def quality_distill(
     if (base_url is None) == (gguf is None):
         console.print("[red]error:[/red] give exactly one of --base-url and --gguf")
         raise typer.Exit(2)
+    _name(crawl, field="--crawl")
+    _name(stage, field="--stage")
     settings = _configure(recipe, root)
     store = Store(settings.storage.root, storage_options=settings.storage.storage_options)
     manifest = store.latest(stage, crawl)

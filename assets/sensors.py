@@ -14,6 +14,7 @@ from dagster import (
 from assets.partitions import crawls_partitions
 from assets.resources import TextmillResource
 from textmill import stages
+from textmill.names import name_problem
 
 
 @sensor(
@@ -23,7 +24,13 @@ from textmill import stages
     description="Adds a `crawls` partition for each new folder under landing/ and requests its raw run.",
 )
 def landing_sensor(context: SensorEvaluationContext, textmill: TextmillResource) -> SensorResult | SkipReason:
-    found = stages.crawls(textmill.store())
+    found = []
+    for crawl in stages.crawls(textmill.store()):  # stages.crawls already skips unsafe names; never add one
+        problem = name_problem(crawl)
+        if problem is None:
+            found.append(crawl)
+        else:
+            context.log.warning(f"not a partition: landing folder {crawl!r} {problem}")
     known = set(context.instance.get_dynamic_partitions(crawls_partitions.name))
     new = [crawl for crawl in found if crawl not in known]
     if not new:

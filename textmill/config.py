@@ -42,6 +42,12 @@ class StorageConfig(_Strict):
     root: str = ".textmill/data"
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
+    def __repr_args__(self):  # repr/str of a recipe never shows credentials (keys, secrets, tokens)
+        from textmill.storage import redact_options
+
+        for name, value in super().__repr_args__():
+            yield name, redact_options(value) if name == "storage_options" else value
+
 
 class ExecutionConfig(_Strict):
     """How shards run: a local process pool (default), in-process for debugging, or on Ray."""

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -99,6 +100,21 @@ class Manifest:
         return cls(**data)
 
 
+_SECRET_OPTION = re.compile(r"secret|key|token|passw|credential|auth|signature|sas", re.I)
+REDACTED = "<redacted>"
+
+
+def redact_options(options: Any) -> Any:
+    """Storage options with every credential-like value (key, secret, token, password, ...)
+    replaced, at any depth, so they can be shown or logged; endpoints and regions stay visible."""
+    if isinstance(options, dict):
+        return {k: REDACTED if _SECRET_OPTION.search(str(k)) and v not in (None, "", {}) else redact_options(v)
+                for k, v in options.items()}
+    if isinstance(options, (list, tuple)):
+        return type(options)(redact_options(v) for v in options)
+    return options
+
+
 def _s3_to_object_store(options: dict[str, Any]) -> dict[str, str]:
     """Translate s3fs options into the object_store keys Polars' native reader takes."""
     out: dict[str, str] = {}
@@ -132,6 +148,9 @@ class Store:
         if self.is_local:
             base = os.path.abspath(base)
         self.base = base.rstrip("/")
+
+    def __repr__(self) -> str:  # storage_options hold credentials: show them redacted
+        return f"Store({self.url!r}, storage_options={redact_options(self.storage_options)!r})"
 
     def __reduce__(self):  # picklable for worker processes: rebuild from the spec
         return (Store, (self.url,), {"storage_options": self.storage_options})

@@ -115,6 +115,35 @@ def redact_options(options: Any) -> Any:
     return options
 
 
+# Retries and timeouts on S3, unless the recipe's storage_options set their own (merged key by key).
+# Two clients talk to the store: s3fs/botocore writes, lists, deletes and reads small files
+# (`config_kwargs`: standard retry mode retries 5xx, SlowDown/throttling, resets and timeouts with
+# jittered exponential backoff; s3fs itself retries timeouts, broken replies and SlowDown up to 5
+# times on top), and Polars' object_store reads the Parquet parts of scans (`polars`: its retry
+# and timeout keys). Writes are whole-object PUTs, so a retried write is harmless.
+S3FS_RETRY_DEFAULTS: dict[str, Any] = {
+    "config_kwargs": {"retries": {"max_attempts": 6, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60},
+}
+POLARS_RETRY_DEFAULTS: dict[str, Any] = {
+    "max_retries": 8, "retry_timeout_ms": 120_000, "retry_init_backoff_ms": 100, "retry_max_backoff_ms": 15_000,
+    "timeout": "120s", "connect_timeout": "10s",
+}
+POLARS_OPTIONS_KEY = "polars"  # storage_options[...]: options for Polars scans, not given to fsspec
+
+
+class StoreError(OSError):
+    """A storage operation that still failed after the configured retries; the message names the
+    store, the operation and the path, and the client's own error is chained."""
+
+
+def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `defaults`, nested dicts merged key by key (the recipe wins)."""
+    out = dict(defaults)
+    for key, value in given.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def _s3_to_object_store(options: dict[str, Any]) -> dict[str, str]:
     """Translate s3fs options into the object_store keys Polars' native reader takes."""
     out: dict[str, str] = {}
@@ -142,7 +171,10 @@ class Store:
     def __init__(self, root: str, *, storage_options: dict[str, Any] | None = None) -> None:
         self.url = root
         self.storage_options = dict(storage_options or {})
-        self.fs, base = fsspec.core.url_to_fs(root, **self.storage_options)
+        fs_options = {k: v for k, v in self.storage_options.items() if k != POLARS_OPTIONS_KEY}
+        if fsspec.utils.get_protocol(root) in ("s3", "s3a"):
+            fs_options = _merged(S3FS_RETRY_DEFAULTS, fs_options)
+        self.fs, base = fsspec.core.url_to_fs(root, **fs_options)
         self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         self.is_local = self.protocol in ("file", "local")
         if self.is_local:
@@ -196,25 +228,38 @@ class Store:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
         else:
-            self.fs.pipe_file(path, data)
+            self._remote("write", path, self.fs.pipe_file, path, data)
+
+    def _remote(self, operation: str, path: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """`call(*args)` on the object store; a failure left after the client's retries becomes a
+        StoreError naming store, operation and path (FileNotFoundError passes: callers expect it)."""
+        if self.is_local:
+            return call(*args, **kwargs)
+        try:
+            return call(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"store {self.url}: {operation} {self.uri(path)} failed after retries: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
     def read_bytes(self, path: str) -> bytes:
-        return self.fs.cat_file(path)
+        return self._remote("read", path, self.fs.cat_file, path)
 
     def exists(self, path: str) -> bool:
         # s3fs answers from listings this process cached earlier, which miss what other
         # processes wrote since (a new landing crawl, an unfinished version): look again
         self.fs.invalidate_cache(path)
-        return self.fs.exists(path)
+        return self._remote("exists", path, self.fs.exists, path)
 
     def remove_tree(self, path: str) -> None:
         if self.exists(path):
-            self.fs.rm(path, recursive=True)
+            self._remote("delete", path, self.fs.rm, path, recursive=True)
 
     def listdir(self, path: str) -> list[str]:
         """Names (not paths) directly under a folder; empty if it does not exist."""
         try:
-            entries = self.fs.ls(path, detail=False, refresh=True)
+            entries = self._remote("list", path, self.fs.ls, path, detail=False, refresh=True)
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
@@ -287,8 +332,17 @@ class Store:
         uris = [path if "://" in path or self.is_local else self.uri(path) for path in paths]
         if self.is_local:
             return pl.scan_parquet(uris)
-        options = _s3_to_object_store(self.storage_options) if self.protocol in ("s3", "s3a") else None
-        return pl.scan_parquet(uris, storage_options=options)
+        return pl.scan_parquet(uris, storage_options=self.polars_options())
+
+    def polars_options(self) -> dict[str, Any] | None:
+        """Storage options for Polars' native reader: credentials and endpoint from the s3fs options,
+        retries and timeouts from POLARS_RETRY_DEFAULTS overridden by `storage_options["polars"]`."""
+        if self.is_local:
+            return None
+        given = dict(self.storage_options.get(POLARS_OPTIONS_KEY) or {})
+        if self.protocol in ("s3", "s3a"):
+            return _s3_to_object_store(self.storage_options) | _merged(POLARS_RETRY_DEFAULTS, given)
+        return given or None
 
     def begin(self, stage: str, partition: str, version: str) -> "VersionWriter":
         return VersionWriter(self, stage, partition, version)

@@ -1,14 +1,18 @@
 """The `deduped` asset: URL, exact and near duplicates removed from a crawl's raw version."""
 
 from contextlib import closing
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets.metadata import blocking_checks, check_result, upstream_version, version_metadata
+from assets.metadata import blocking_checks, upstream_version, version_metadata
 from assets.partitions import crawls_partitions
+from assets.ranges import ONE_RUN_IN_ORDER, PartitionResult, materialize_partitions
 from assets.raw import raw
 from assets.resources import TextmillResource
 from checks.deduped import CHECK_NAMES, run_deduped_checks
 from textmill import stages
+from textmill.config import Recipe
+from textmill.executor import Executor
+from textmill.storage import Store
 
 
 @asset(
@@ -19,22 +23,33 @@ from textmill import stages
     kinds={"parquet", "polars"},
     check_specs=blocking_checks("deduped", CHECK_NAMES),
     description="Documents of a crawl without URL, exact and MinHash-LSH near duplicates, also against earlier crawls.",
+    # One run over every crawl of a backfill, in crawl (name) order: a crawl's duplicates are
+    # judged against the index of the crawls before it, so crawl B must not run before or
+    # beside crawl A. Runs per crawl would be launched side by side, in no guaranteed order.
+    backfill_policy=ONE_RUN_IN_ORDER,
 )
 def deduped(context: AssetExecutionContext, textmill: TextmillResource) -> MaterializeResult:
     recipe = textmill.recipe()
     store = textmill.store()
-    crawl = context.partition_key
     with closing(textmill.executor()) as executor:
-        result = stages.deduped(
-            store=store,
-            crawl=crawl,
-            raw_version=upstream_version(context, "raw"),
-            config=recipe.deduped,
-            executor=executor,
-        )
+        return materialize_partitions(
+            context, lambda crawl: _deduped_partition(context, store, recipe, executor, crawl))
+
+
+def _deduped_partition(context: AssetExecutionContext, store: Store, recipe: Recipe, executor: Executor,
+                       crawl: str) -> PartitionResult:
+    result = stages.deduped(
+        store=store,
+        crawl=crawl,
+        raw_version=upstream_version(context, "raw", partition=crawl),
+        config=recipe.deduped,
+        executor=executor,
+    )
     statistics = result.manifest.statistics
     outcomes = run_deduped_checks(store.scan(result.manifest), result.manifest, recipe.deduped)
-    return MaterializeResult(
+    return PartitionResult(
+        version=result.version,
+        outcomes=outcomes,
         metadata=version_metadata(store, result) | {
             "documents_in": statistics["documents_in"],
             "dedup_rate": statistics["dedup_rate"],
@@ -43,8 +58,6 @@ def deduped(context: AssetExecutionContext, textmill: TextmillResource) -> Mater
             "largest_clusters": MetadataValue.md(_largest_clusters(store, result)),
             "earlier_crawls": MetadataValue.json(statistics["earlier_crawls"]),
         },
-        data_version=DataVersion(result.version),
-        check_results=[check_result(outcome) for outcome in outcomes],
     )
 
 

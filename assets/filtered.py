@@ -1,15 +1,19 @@
 """The `filtered` asset: quality, safety and PII signals of a crawl's deduped version; kept and rejected."""
 
 from contextlib import closing
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets.deduped import deduped
-from assets.metadata import blocking_checks, check_result, upstream_version, version_metadata
+from assets.metadata import blocking_checks, upstream_version, version_metadata
 from assets.partitions import crawls_partitions
+from assets.ranges import PER_PARTITION, PartitionResult, materialize_partitions
 from assets.resources import TextmillResource
 from checks.filtered import CHECK_NAMES, run_filtered_checks
 from textmill import stages
+from textmill.config import Recipe
+from textmill.executor import Executor
 from textmill.report import markdown
+from textmill.storage import Store
 
 
 @asset(
@@ -21,22 +25,33 @@ from textmill.report import markdown
     check_specs=blocking_checks("filtered", CHECK_NAMES),
     description="Every document of a deduped crawl with its quality, safety and PII signals, kept or rejected "
                 "with the first failing rule; kept text has PII redacted, rejected documents stay for recycling.",
+    # One run per crawl: the rules and the quality cutoff look at one crawl's deduped version
+    # only, so crawls are independent; a failing crawl (a check bound) fails and retries alone.
+    backfill_policy=PER_PARTITION,
 )
 def filtered(context: AssetExecutionContext, textmill: TextmillResource) -> MaterializeResult:
     recipe = textmill.recipe()
     store = textmill.store()
     with closing(textmill.executor()) as executor:
-        result = stages.filtered(
-            store=store,
-            crawl=context.partition_key,
-            deduped_version=upstream_version(context, "deduped"),
-            config=recipe.filtered,
-            executor=executor,
-        )
+        return materialize_partitions(
+            context, lambda crawl: _filtered_partition(context, store, recipe, executor, crawl))
+
+
+def _filtered_partition(context: AssetExecutionContext, store: Store, recipe: Recipe, executor: Executor,
+                        crawl: str) -> PartitionResult:
+    result = stages.filtered(
+        store=store,
+        crawl=crawl,
+        deduped_version=upstream_version(context, "deduped", partition=crawl),
+        config=recipe.filtered,
+        executor=executor,
+    )
     statistics = result.manifest.statistics
     outcomes = run_filtered_checks(store.scan(result.manifest), store.scan_extra(result.manifest, "rejected"),
                                    result.manifest, recipe.filtered)
-    return MaterializeResult(
+    return PartitionResult(
+        version=result.version,
+        outcomes=outcomes,
         metadata=version_metadata(store, result) | {
             "documents_in": statistics["documents_in"],
             "keep_rate": statistics["keep_rate"],
@@ -49,6 +64,4 @@ def filtered(context: AssetExecutionContext, textmill: TextmillResource) -> Mate
             "pii_redacted": MetadataValue.json(statistics["pii_redacted"]),
             "quality_cutoff": MetadataValue.json(statistics["quality_cutoff"]),
         },
-        data_version=DataVersion(result.version),
-        check_results=[check_result(outcome) for outcome in outcomes],
     )

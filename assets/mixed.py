@@ -1,15 +1,18 @@
 """The `mixed` asset: one training mix of the recipe, over every crawl's kept and rewritten documents."""
 
 from dagster import (AllPartitionMapping, AssetDep, AssetExecutionContext, AssetKey,
-                     AssetRecordsFilter, DataVersion, MaterializeResult, MetadataValue, asset)
+                     AssetRecordsFilter, MaterializeResult, MetadataValue, asset)
 
 from assets.filtered import filtered
-from assets.metadata import blocking_checks, check_result, version_metadata
+from assets.metadata import blocking_checks, version_metadata
 from assets.partitions import crawls_partitions, mixes_partitions
+from assets.ranges import PER_PARTITION, PartitionResult, materialize_partitions
 from assets.resources import TextmillResource
 from assets.rewritten import rewritten
 from checks.mixed import CHECK_NAMES, run_mixed_checks
 from textmill import stages
+from textmill.config import Recipe
+from textmill.storage import Store
 
 
 def _latest_versions(context: AssetExecutionContext, asset_name: str) -> dict[str, str]:
@@ -33,11 +36,18 @@ def _latest_versions(context: AssetExecutionContext, asset_name: str) -> dict[st
     check_specs=blocking_checks("mixed", CHECK_NAMES),
     description="A weighted, decontaminated, tokenized training mix (Parquet in mix order, packed token "
                 "sequences, the exact document order) with an HF-style data card.",
+    # One run per mix: each mix is its own training set over every crawl, built from no other
+    # mix, so a mix whose budget or checks fail fails alone and the others are still delivered.
+    backfill_policy=PER_PARTITION,
 )
 def mixed(context: AssetExecutionContext, textmill: TextmillResource) -> MaterializeResult:
     recipe = textmill.recipe()
     store = textmill.store()
-    config = recipe.mix(context.partition_key)
+    return materialize_partitions(context, lambda name: _mixed_partition(context, store, recipe, name))
+
+
+def _mixed_partition(context: AssetExecutionContext, store: Store, recipe: Recipe, name: str) -> PartitionResult:
+    config = recipe.mix(name)
     filtered_versions, rewritten_versions = _latest_versions(context, "filtered"), _latest_versions(context, "rewritten")
     versions = {crawl: {"filtered": version} | ({"rewritten": rewritten_versions[crawl]}
                                                  if crawl in rewritten_versions else {})
@@ -49,7 +59,9 @@ def mixed(context: AssetExecutionContext, textmill: TextmillResource) -> Materia
     main = statistics["mix"]["phases"]["main"]
     outcomes = run_mixed_checks(store.scan(result.manifest), result.manifest, config)
     card = store.read_bytes(f"{store.version_dir('mixed', config.name, result.version)}/README.md").decode()
-    return MaterializeResult(
+    return PartitionResult(
+        version=result.version,
+        outcomes=outcomes,
         metadata=version_metadata(store, result) | {
             "tokens": statistics["tokens"],
             "budget_tokens": main["budget_tokens"],
@@ -62,6 +74,4 @@ def mixed(context: AssetExecutionContext, textmill: TextmillResource) -> Materia
             "data_card": MetadataValue.md(card),
             "data_card_path": MetadataValue.path(statistics["card"]),
         },
-        data_version=DataVersion(result.version),
-        check_results=[check_result(outcome) for outcome in outcomes],
     )

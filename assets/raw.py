@@ -2,13 +2,17 @@
 
 from contextlib import closing
 
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets.metadata import blocking_checks, check_result, version_metadata
+from assets.metadata import blocking_checks, version_metadata
 from assets.partitions import crawls_partitions
+from assets.ranges import PER_PARTITION, PartitionResult, materialize_partitions
 from assets.resources import TextmillResource
 from checks.raw import CHECK_NAMES, run_raw_checks
 from textmill import stages
+from textmill.config import Recipe
+from textmill.executor import Executor
+from textmill.storage import Store
 
 
 @asset(
@@ -18,27 +22,31 @@ from textmill import stages
     kinds={"parquet", "polars"},
     check_specs=blocking_checks("raw", CHECK_NAMES),
     description="Extracted text and language of every document of a crawl (WARC/WET/JSONL/Parquet landing files).",
+    # One run per crawl: a crawl's landing files are read by no other crawl, each run already
+    # uses every core (the executor's pool), and a crawl with bad files fails and retries alone.
+    backfill_policy=PER_PARTITION,
 )
 def raw(context: AssetExecutionContext, textmill: TextmillResource) -> MaterializeResult:
     recipe = textmill.recipe()
     store = textmill.store()
-    crawl = context.partition_key
     with closing(textmill.executor()) as executor:
-        result = stages.raw(
-            store=store,
-            crawl=crawl,
-            config=recipe.raw,
-            executor=executor,
-            progress=lambda done, total: context.log.info(f"raw {crawl}: {done}/{total} files ingested"),
-        )
+        return materialize_partitions(context, lambda crawl: _raw_partition(context, store, recipe, executor, crawl))
+
+
+def _raw_partition(context: AssetExecutionContext, store: Store, recipe: Recipe, executor: Executor,
+                   crawl: str) -> PartitionResult:
+    result = stages.raw(
+        store=store,
+        crawl=crawl,
+        config=recipe.raw,
+        executor=executor,
+        progress=lambda done, total: context.log.info(f"raw {crawl}: {done}/{total} files ingested"),
+    )
     if result.reused:
         context.log.info(f"raw {crawl}: version {result.version} already exists; reused")
     outcomes = run_raw_checks(store.scan(result.manifest), result.manifest, recipe.raw.checks)
-    return MaterializeResult(
-        metadata=version_metadata(store, result) | _raw_metadata(result.manifest.statistics),
-        data_version=DataVersion(result.version),
-        check_results=[check_result(outcome) for outcome in outcomes],
-    )
+    return PartitionResult(version=result.version, outcomes=outcomes,
+                           metadata=version_metadata(store, result) | _raw_metadata(result.manifest.statistics))
 
 
 def _raw_metadata(statistics: dict) -> dict:

@@ -722,8 +722,9 @@ def mixed(
     text_frame = pl.concat(texts).unique(["component", "id"], keep="first") if texts else pl.DataFrame(
         schema={"component": pl.String, "id": pl.String, "text": pl.String})
     mix = sample.order.join(text_frame, on=["component", "id"], how="left").sort("position")
-    folder = store.uri(writer.folder)
-    exported = export_mix(mix, folder=folder, config=config.export, tokenizer=config.tokenizer, num_threads=2)
+    folder = writer.folder  # written through the store: its credentials, endpoint and retries
+    exported = export_mix(mix, folder=folder, config=config.export, tokenizer=config.tokenizer, num_threads=2,
+                          write=store.write_bytes)
     if contamination.height:
         store.write_parquet(contamination, posixpath.join(writer.folder, "contamination.parquet"))
     mix_stats = dict(sample.stats) | {
@@ -758,7 +759,7 @@ def mixed(
                 upstream["rewritten"].append(json.loads(rewritten_manifest.to_json()))
     lengths = mix["tokens"].to_numpy() if mix.height else None
     card = write_data_card(folder=folder, mix_stats=mix_stats, upstream_manifests=upstream,
-                           name=f"textmill-{config.name}", lengths=lengths)
+                           name=f"textmill-{config.name}", lengths=lengths, write=store.write_bytes)
     parts = [_part_info(store, writer.folder, f["path"], rows=f["rows"]) for f in exported["files"]]
     extra = {"order": [_part_info(store, writer.folder, exported["order"]["path"], rows=exported["order"]["rows"])],
              "card": [_part_info(store, writer.folder, posixpath.basename(path)) for path in card.values()]}
@@ -769,7 +770,7 @@ def mixed(
                            for name in ("tokens.npy", "tokens-index.parquet", "tokens.json")]
     main = mix_stats.get("phases", {}).get("main", {})
     statistics = {"mix": mix_stats, "documents": mix.height, "tokens": int(mix["tokens"].sum() or 0) if mix.height else 0,
-                  "within_tolerance": main.get("within_tolerance"), "card": card["readme"]}
+                  "within_tolerance": main.get("within_tolerance"), "card": store.uri(card["readme"])}
     wall = time.perf_counter() - started
     manifest = writer.commit(
         code_version=CODE_VERSIONS["mixed"], files=parts, inputs=inputs, config=config_json,

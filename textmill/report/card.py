@@ -11,6 +11,7 @@ import html
 import json
 import logging
 import posixpath
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -102,8 +103,10 @@ def _fmt_table(rows: list[dict[str, Any]]) -> str:
 
 def write_data_card(*, folder: str, mix_stats: dict[str, Any], upstream_manifests: dict[str, list[dict[str, Any]]],
                     name: str = "textmill-mix", license: str = "other", lengths: np.ndarray | list[int] | None = None,
-                    description: str = "A pre-training mix refined by textmill.") -> dict[str, str]:
-    """Write README.md and report.html into ``folder``; returns their paths."""
+                    description: str = "A pre-training mix refined by textmill.",
+                    write: Callable[[str, bytes], None] | None = None) -> dict[str, str]:
+    """Write README.md and report.html into ``folder``; returns their paths. ``write``: how a file is
+    written (the stage passes its store's, so S3 options apply); default fsspec."""
     main = mix_stats.get("phases", {}).get("main", {})
     comps = main.get("components", {})
     upstream = {k: upstream_manifests.get(k, []) for k in STAGES}
@@ -161,10 +164,14 @@ def write_data_card(*, folder: str, mix_stats: dict[str, Any], upstream_manifest
             f"{body}<h2>Statistics</h2><pre>{html.escape(json.dumps({'mix': mix_stats, 'rates': rates, 'waterfall': steps}, indent=1, default=str))}</pre>"
             "</body></html>")
     readme, report = posixpath.join(folder, "README.md"), posixpath.join(folder, "report.html")
-    with fsspec.open(readme, "w", encoding="utf-8") as f:
-        f.write("\n".join(md))
-    with fsspec.open(report, "w", encoding="utf-8") as f:
-        f.write(page)
+    if write is not None:
+        write(readme, "\n".join(md).encode("utf-8"))
+        write(report, page.encode("utf-8"))
+    else:
+        with fsspec.open(readme, "w", encoding="utf-8") as f:
+            f.write("\n".join(md))
+        with fsspec.open(report, "w", encoding="utf-8") as f:
+            f.write(page)
     log.info("data card written to %s", folder)
     return {"readme": readme, "report": report}
 

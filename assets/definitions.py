@@ -10,6 +10,7 @@ from assets.raw import raw
 from assets.resources import resource_from_env
 from assets.schedules import crawl_pipeline, nightly_crawls
 from assets.sensors import landing_sensor
+from checks.gx_reports import GX_REPORT_CHECKS
 
 # every asset in lineage order; `textmill demo` materializes all of them for a crawl
 ALL_ASSETS = [raw, deduped, filtered, rewritten]
@@ -17,6 +18,7 @@ MIX_ASSETS = [mixed]  # partitioned by mix name, over every crawl
 
 defs = Definitions(
     assets=ALL_ASSETS + MIX_ASSETS,
+    asset_checks=GX_REPORT_CHECKS,  # non-blocking Great Expectations reports with Data Docs
     sensors=[landing_sensor],
     schedules=[nightly_crawls],
     jobs=[crawl_pipeline],

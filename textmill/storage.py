@@ -13,6 +13,7 @@ on object stores every PUT is atomic, and the manifest commits the version.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -115,14 +116,15 @@ def redact_options(options: Any) -> Any:
     return options
 
 
-# Retries and timeouts on S3, unless the recipe's storage_options set their own (merged key by key).
+# Retries and timeouts on S3, unless the recipe's storage_options set their own (merged key by key;
+# botocore's `max_attempts` counts retries after the first attempt).
 # Two clients talk to the store: s3fs/botocore writes, lists, deletes and reads small files
 # (`config_kwargs`: standard retry mode retries 5xx, SlowDown/throttling, resets and timeouts with
 # jittered exponential backoff; s3fs itself retries timeouts, broken replies and SlowDown up to 5
 # times on top), and Polars' object_store reads the Parquet parts of scans (`polars`: its retry
 # and timeout keys). Writes are whole-object PUTs, so a retried write is harmless.
 S3FS_RETRY_DEFAULTS: dict[str, Any] = {
-    "config_kwargs": {"retries": {"max_attempts": 6, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60},
+    "config_kwargs": {"retries": {"max_attempts": 5, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60},
 }
 POLARS_RETRY_DEFAULTS: dict[str, Any] = {
     "max_retries": 8, "retry_timeout_ms": 120_000, "retry_init_backoff_ms": 100, "retry_max_backoff_ms": 15_000,
@@ -136,11 +138,26 @@ class StoreError(OSError):
     store, the operation and the path, and the client's own error is chained."""
 
 
+def _causes(exc: BaseException) -> str:
+    """`Type: message` of an error and of the errors it was raised from (s3fs turns botocore's
+    'SlowDown ... reached max retries' into a bare errno: the cause says what happened)."""
+    seen: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(seen) < 4:
+        text = f"{type(current).__name__}: {current}"
+        if text not in seen:
+            seen.append(text)
+        current = current.__cause__ or current.__context__
+    return " <- ".join(seen)
+
+
 def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    """`given` over `defaults`, nested dicts merged key by key (the recipe wins)."""
-    out = dict(defaults)
+    """`given` over `defaults`, nested dicts merged key by key (the recipe wins). A deep copy:
+    botocore writes into the `retries` dict it is given."""
+    out = copy.deepcopy(defaults)
     for key, value in given.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
     return out
 
 
@@ -241,7 +258,7 @@ class Store:
             raise
         except Exception as exc:
             raise StoreError(f"store {self.url}: {operation} {self.uri(path)} failed after retries: "
-                             f"{type(exc).__name__}: {exc}") from exc
+                             f"{_causes(exc)}") from exc
 
     def read_bytes(self, path: str) -> bytes:
         return self._remote("read", path, self.fs.cat_file, path)

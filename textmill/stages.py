@@ -13,10 +13,11 @@ import logging
 import math
 import os
 import posixpath
+import functools
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import polars as pl
 
@@ -48,10 +49,55 @@ class StageResult:
     manifest: Manifest
     reused: bool
     uri: str
+    seconds: float = 0.0  # this call's wall time (a reused version takes only the lookup)
 
     @property
     def version(self) -> str:
         return self.manifest.version
+
+
+_Stage = TypeVar("_Stage", bound=Callable[..., StageResult])
+
+
+def _rows_in(manifest: Manifest) -> int | None:
+    """Rows a stage read, from its statistics (raw: records, deduped/filtered: documents, rewritten: selected)."""
+    stats = manifest.statistics
+    if manifest.stage == "mixed":
+        return stats.get("mix", {}).get("candidates", {}).get("documents")
+    return stats.get({"raw": "records_read", "rewritten": "selected"}.get(manifest.stage, "documents_in"))
+
+
+def logged_stage(stage: str) -> Callable[[_Stage], _Stage]:
+    """Log `stage started` / `stage finished` (or `stage failed`) with timings and counts as structured fields."""
+
+    def wrap(function: _Stage) -> _Stage:
+        @functools.wraps(function)
+        def run(*args, **kwargs) -> StageResult:
+            config = kwargs.get("config")
+            partition = kwargs.get("crawl") or getattr(config, "name", None)
+            fields = {"event": "stage_started", "stage": stage, "partition": partition}
+            log.info("stage started: %s %s", stage, partition, extra=fields)
+            started = time.perf_counter()
+            try:
+                result = function(*args, **kwargs)
+            except Exception as exc:
+                seconds = round(time.perf_counter() - started, 4)
+                log.error("stage failed: %s %s after %.2f s: %r", stage, partition, seconds, exc,
+                          extra=fields | {"event": "stage_failed", "seconds": seconds, "error": repr(exc)})
+                raise
+            result = replace(result, seconds=round(time.perf_counter() - started, 4))
+            manifest = result.manifest
+            log.info("stage finished: %s %s %s (%d rows, %.2f s%s)", stage, partition, manifest.version,
+                     manifest.rows, result.seconds, ", reused" if result.reused else "",
+                     extra=fields | {"event": "stage_finished", "version": manifest.version,
+                                     "code_version": manifest.code_version, "rows_in": _rows_in(manifest),
+                                     "rows_out": manifest.rows, "bytes_out": manifest.bytes,
+                                     "seconds": result.seconds, "reused": result.reused})
+            return result
+
+        return run  # type: ignore[return-value]
+
+    return wrap
 
 
 def _before_after(rows: pl.DataFrame, selection: pl.DataFrame, *, count: int = 3) -> list[dict]:
@@ -110,6 +156,7 @@ def _config_for_version(config: RawConfig) -> dict:
     return config.model_dump(mode="json", exclude={"checks"})
 
 
+@logged_stage("raw")
 def raw(
     *,
     store: Store,
@@ -218,6 +265,7 @@ def dedup_scope_key(config: DedupConfig) -> str:
     })
 
 
+@logged_stage("deduped")
 def deduped(
     *,
     store: Store,
@@ -378,6 +426,7 @@ def deduped(
     return StageResult(manifest, False, store.uri(writer.folder))
 
 
+@logged_stage("filtered")
 def filtered(
     *,
     store: Store,
@@ -518,6 +567,7 @@ def filtered(
     return StageResult(manifest, False, store.uri(writer.folder))
 
 
+@logged_stage("rewritten")
 def rewritten(
     *,
     store: Store,
@@ -644,6 +694,7 @@ def _mix_sources(store: Store, component: "MixComponent",
     return frames, inputs
 
 
+@logged_stage("mixed")
 def mixed(
     *,
     store: Store,

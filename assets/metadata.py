@@ -27,7 +27,10 @@ def version_metadata(store: Store, result: StageResult) -> dict:
         "dagster/column_schema": TableSchema(columns=[TableColumn(name, dtype) for name, dtype in stats.columns.items()]),
     } | stats.values | {key: MetadataValue.json(value) for key, value in stats.json.items()} | {
         key: MetadataValue.md(value) for key, value in stats.markdown.items()} | {
-        key: MetadataValue.path(value) for key, value in stats.paths.items()}
+        key: MetadataValue.path(value) for key, value in stats.paths.items()} | {
+        # this run's wall time of the stage (a reused version: the lookup only), the build's, and the code version
+        "stage_seconds": result.seconds, "build_seconds": float(result.manifest.timings.get("wall_seconds", 0.0)),
+        "code_version": result.manifest.code_version}
 
 
 def blocking_checks(asset: str, names: dict[str, str]) -> list[AssetCheckSpec]:

@@ -31,6 +31,8 @@ console = Console()
 
 SAMPLE_CRAWL = "CC-MAIN-SAMPLE"
 RecipeOption = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="recipe YAML (default: recipes/default.yaml)")]
+# Dagster records the `textmill` logger's records (stage started/finished, timings) in each run's event log
+DAGSTER_PYTHON_LOGS = "python_logs:\n  managed_python_loggers: [textmill]\n  python_log_level: INFO\n"
 RootOption = Annotated[Optional[str], typer.Option("--root", help="storage root override: a folder or s3://bucket/prefix")]
 
 
@@ -47,6 +49,15 @@ def _name(value: str | None, *, field: str) -> str | None:
     except InvalidNameError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+@app.callback()
+def _logging(log_json: Annotated[bool, typer.Option(
+        "--log-json", envvar="TEXTMILL_LOG_JSON", help="log one JSON object per line (stage timings and counts as keys)")
+        ] = False) -> None:
+    from textmill.logs import configure_logging
+
+    configure_logging(json=log_json, level=logging.INFO if log_json else logging.WARNING)
 
 
 def _configure(recipe_path: Path | None, root: str | None):
@@ -70,6 +81,9 @@ def _configure(recipe_path: Path | None, root: str | None):
     instance_config = dagster_home / "dagster.yaml"
     if not instance_config.exists():  # SQLite storage under DAGSTER_HOME; no telemetry leaves the machine
         instance_config.write_text("telemetry:\n  enabled: false\n")
+    if "python_logs:" not in instance_config.read_text():  # textmill's log records in Dagster's run logs
+        with instance_config.open("a") as handle:
+            handle.write(DAGSTER_PYTHON_LOGS)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return recipe
 
@@ -109,6 +123,7 @@ def _materialize(crawl: str, recipe) -> None:
     from dagster import DagsterInstance, materialize
 
     from assets.definitions import ALL_ASSETS
+    from checks.gx_reports import CRAWL_GX_REPORT_CHECKS
     from assets.partitions import crawls_partitions
     from assets.resources import resource_from_env
 
@@ -122,7 +137,7 @@ def _materialize(crawl: str, recipe) -> None:
         handler = _ProgressHandler(progress)
         core_logger.addHandler(handler)
         try:
-            result = materialize(ALL_ASSETS, partition_key=crawl, instance=instance,
+            result = materialize(ALL_ASSETS + CRAWL_GX_REPORT_CHECKS, partition_key=crawl, instance=instance,
                                  resources={"textmill": resource_from_env()}, raise_on_error=False,
                                  run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
         finally:
@@ -139,6 +154,7 @@ def _materialize_mixes(recipe, instance) -> None:
     from dagster import materialize
 
     from assets.definitions import MIX_ASSETS
+    from checks.gx_reports import MIX_GX_REPORT_CHECKS
     from assets.partitions import mixes_partitions
     from assets.resources import resource_from_env
 
@@ -151,7 +167,7 @@ def _materialize_mixes(recipe, instance) -> None:
         table.add_column(column, overflow="fold")
     cards, failed = [], False
     for name in names:
-        result = materialize(MIX_ASSETS, partition_key=name, instance=instance,
+        result = materialize(MIX_ASSETS + MIX_GX_REPORT_CHECKS, partition_key=name, instance=instance,
                              resources={"textmill": resource_from_env()}, raise_on_error=False,
                              run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
         evaluations = list(result.get_asset_check_evaluations())
@@ -201,6 +217,10 @@ def _summary(result, crawl: str, recipe) -> None:
     console.print(table)
     for key, path in paths:
         console.print(f"  {key:>9}: {path}", soft_wrap=True)
+    for evaluation in result.get_asset_check_evaluations():  # Great Expectations Data Docs per version
+        if "data_docs_path" in evaluation.metadata:
+            console.print(f"  {evaluation.asset_key.to_user_string():>9} GX report: "
+                          f"{evaluation.metadata['data_docs_path'].value}", soft_wrap=True)
     console.print(f"Dagster runs are recorded under [bold]{os.environ['DAGSTER_HOME']}[/bold]; "
                   "look at them with [bold]textmill ui[/bold].")
     console.print(f"Inspect documents with [bold]textmill inspect --crawl {crawl} --stage filtered[/bold]; "

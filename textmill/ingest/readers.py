@@ -38,6 +38,12 @@ OVERSIZED = "oversized"
 UNDECODABLE = "undecodable"
 EMPTY_TEXT = "empty_text"
 EXTRACTION_ERROR = "extraction_error"
+BAD_CONTENT_LENGTH = "bad_content_length"  # a WARC record's Content-Length does not end where the record ends
+BINARY_PAYLOAD = "binary_payload"  # an image/archive/... body declared as HTML
+EMPTY_FILE = "empty_file"  # a zero-byte landing file (a failed upload looks like this)
+CORRUPT_GZIP = "corrupt_gzip"  # bytes that are not gzip inside a .gz JSONL stream
+BAD_FIELD_TYPE = "bad_field_type"  # id/url/source of a JSON or Parquet record is an object or a list
+BAD_SCHEMA = "bad_schema"  # a Parquet file whose text column is not a string (nor binary) column
 
 QUARANTINE_PAYLOAD_CAP = 1 << 20  # keep at most 1 MiB of a bad record's bytes
 
@@ -106,22 +112,56 @@ def _parse_date(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def _decode_content_encoding(body: bytes, encoding: str) -> bytes:
+class _TooLarge(ValueError):
+    """A compressed body whose decoded size passes the cap (decoding stops there)."""
+
+
+def _inflate_capped(inflater: Any, body: bytes, limit: int) -> tuple[bytes, bool]:
+    """(output, finished) of a zlib inflater over `body`, never holding more than `limit` + 1 bytes."""
+    out = inflater.decompress(body, limit + 1)
+    if len(out) > limit:
+        raise _TooLarge(f"more than {limit} decoded bytes")
+    return out, inflater.eof
+
+
+def _decode_content_encoding(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo one Content-Encoding; stops at `limit` decoded bytes (a 1 KB body can inflate to gigabytes)."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity", "none"):
         return body
     if encoding in ("gzip", "x-gzip"):
         # many crawlers store the decoded body but keep the header: no gzip magic, no decoding
-        return gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+        if body[:2] != b"\x1f\x8b":
+            return body
+        out = bytearray()
+        while body[:2] == b"\x1f\x8b":  # gzip.decompress reads every member: so do we
+            inflater = zlib.decompressobj(wbits=31)
+            chunk, finished = _inflate_capped(inflater, body, limit - len(out))
+            out += chunk
+            if not finished:
+                raise EOFError("gzip body ends before the end of its stream")
+            body = inflater.unused_data
+        return bytes(out)
     if encoding == "deflate":
         try:
-            return zlib.decompress(body)
+            inflater = zlib.decompressobj()
+            chunk, finished = _inflate_capped(inflater, body, limit)
         except zlib.error:
-            return zlib.decompress(body, -zlib.MAX_WBITS)
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            chunk, finished = _inflate_capped(inflater, body, limit)
+        if not finished:
+            raise EOFError("deflate body ends before the end of its stream")
+        return chunk
     if encoding == "br":
         import brotli  # installed with trafilatura
 
-        return brotli.decompress(body)
+        decompressor = brotli.Decompressor()
+        out = decompressor.process(body, output_buffer_limit=limit + 1)
+        if len(out) > limit:
+            raise _TooLarge(f"more than {limit} decoded bytes")
+        if not decompressor.is_finished():
+            raise EOFError("brotli body ends before the end of its stream")
+        return out
     raise ValueError(f"unknown content-encoding {encoding!r}")
 
 
@@ -156,62 +196,131 @@ def _dechunk_strict(body: bytes) -> bytes:
     while True:
         end = body.index(b"\r\n", position)
         size = int(body[position:end].split(b";")[0].strip() or b"0", 16)
+        if size < 0:  # "-10" parses as hex too; it would move backwards (and loop for ever)
+            raise ValueError(f"negative chunk size {size}")
         if size == 0:
             return bytes(out)
         start = end + 2
+        if start + size > len(body):
+            raise ValueError("chunk runs past the end of the body")
         out += body[start : start + size]
         position = start + size + 2
 
 
-def _gzip_tail_complete(handle: IO[bytes], offset: int) -> bool:
-    """True if every gzip member from `offset` (the last record read) to the end of the file ends cleanly.
+_BINARY_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG image"), (b"GIF87a", "GIF image"), (b"GIF89a", "GIF image"),
+    (b"\xff\xd8\xff", "JPEG image"), (b"PK\x03\x04", "zip archive"), (b"PK\x05\x06", "zip archive"),
+    (b"%PDF-", "PDF document"), (b"\x1f\x8b\x08", "gzip data"), (b"\x28\xb5\x2f\xfd", "zstd data"),
+    (b"BZh", "bzip2 data"), (b"7z\xbc\xaf\x27\x1c", "7z archive"), (b"Rar!\x1a\x07", "rar archive"),
+    (b"\x7fELF", "ELF executable"), (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "OLE2 document"),
+    (b"OggS", "Ogg media"), (b"ID3", "MP3 audio"), (b"fLaC", "FLAC audio"), (b"\x1a\x45\xdf\xa3", "Matroska media"),
+    (b"wOFF", "WOFF font"), (b"wOF2", "WOFF2 font"), (b"\x00asm", "WebAssembly"), (b"RIFF", "RIFF media"),
+    (b"\x00\x00\x01\x00", "ICO image"),
+)
+# bytes that do not occur in text (C0 controls but TAB, LF, FF, CR and ESC, which ISO-2022 uses)
+_CONTROL = bytes(b for b in range(32) if b not in (9, 10, 12, 13, 27))
+_NOT_CONTROL = bytes(b for b in range(256) if b not in _CONTROL)
+
+
+def binary_kind(body: bytes, charset: str | None = None) -> str | None:
+    """What a body declared as HTML really is when it is binary (magic number or control bytes), else None."""
+    for magic, label in _BINARY_MAGIC:
+        if body.startswith(magic):
+            return label
+    if body[4:8] == b"ftyp":
+        return "MP4 media"
+    sample = body[:4096]
+    if not sample or sample[:2] in (b"\xff\xfe", b"\xfe\xff") or (charset or "").lower().startswith(("utf-16", "utf-32")):
+        return None  # UTF-16/32 text is full of NUL bytes
+    controls = len(sample.translate(None, _NOT_CONTROL))
+    # random or compressed bytes have ~10% controls, text ~0%: above 15% is binary whatever it is
+    return f"binary data ({controls} control bytes in the first {len(sample)})" if controls * 20 > len(sample) * 3 else None
+
+
+def _data_chunks(handle: IO[bytes], offset: int, gz: bool, size: int = 1 << 16) -> Iterator[bytes]:
+    """The (decompressed) bytes from `offset` on, across gzip members; stops quietly at bytes that are not gzip."""
+    handle.seek(offset)
+    if not gz:
+        while chunk := handle.read(size):
+            yield chunk
+        return
+    inflater = zlib.decompressobj(wbits=31)
+    while data := handle.read(size):
+        while data:
+            try:
+                out = inflater.decompress(data, size)
+            except zlib.error:
+                return
+            if out:
+                yield out
+            if inflater.eof:
+                data = inflater.unused_data
+                inflater = zlib.decompressobj(wbits=31)
+            else:
+                data = inflater.unconsumed_tail
+    if tail := inflater.flush():
+        yield tail
+
+
+def _record_frame(handle: IO[bytes], offset: int, gz: bool, declared: int) -> tuple[str, int]:
+    """Does the record at `offset` end where its Content-Length says? ("ok" | "short" | "overrun", end).
+
+    "short": the data ends before the declared end; "overrun": the bytes after the declared end
+    are not the record's closing newlines (the length is too small, or the block swallowed the
+    next record's header). `end` is the offset of the declared end in the (decompressed) stream.
+    """
+    buffer = bytearray()
+    base = 0  # stream position of buffer[0]
+    target = -1
+    for chunk in _data_chunks(handle, offset, gz):
+        buffer += chunk
+        if target < 0:
+            ends = [(i, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (i := buffer.find(sep)) >= 0]
+            if not ends:
+                if len(buffer) > 1 << 20:
+                    return "overrun", -1
+                continue
+            index, width = min(ends)
+            target = index + width + declared
+        if base + len(buffer) > target:
+            after = buffer[target - base : target - base + 1]
+            return ("ok" if after in (b"\r", b"\n") else "overrun"), target
+        base += len(buffer)
+        buffer.clear()
+    if target < 0:
+        return "short", -1
+    return ("ok" if base + len(buffer) == target else "short"), target
+
+
+def _gzip_tail(handle: IO[bytes], offset: int) -> tuple[str, int]:
+    """("complete" | "incomplete" | "garbage", start of the member at fault) walking every member from `offset`.
 
     All members are walked, not only the first: a file cut a few bytes into the member after
     the last record fastwarc yields would otherwise pass as complete.
     """
     handle.seek(offset)
     inflater = zlib.decompressobj(wbits=31)
+    member, position = offset, offset  # start of the current member; stream position of `data`
     pending = False  # bytes fed into a member that has not ended yet
     while data := handle.read(1 << 16):
         while data:
-            inflater.decompress(data)
+            try:
+                inflater.decompress(data, 1 << 16)
+            except zlib.error:
+                return "garbage", member
             pending = True
             if inflater.eof:
-                data, pending = inflater.unused_data, False
+                used = len(data) - len(inflater.unused_data)
+                position += used
+                data, pending, member = inflater.unused_data, False, position
                 inflater = zlib.decompressobj(wbits=31)
             else:
-                data = b""
-    return not pending
+                position += len(data) - len(inflater.unconsumed_tail)
+                data = inflater.unconsumed_tail
+    return ("incomplete" if pending else "complete"), member
 
 
 _WARC_VERSION_LINE = re.compile(rb"WARC/\d+\.\d+\r?\n")
-_CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*\r?$")
-
-
-def _plain_tail_complete(handle: IO[bytes], offset: int) -> bool:
-    """True if the uncompressed record at `offset` (the last one read) is whole and only blank bytes follow.
-
-    fastwarc stops silently when a plain file ends inside a header block or inside a body
-    it was not asked to read; this finds both.
-    """
-    handle.seek(0, io.SEEK_END)
-    size = handle.tell()
-    handle.seek(offset)
-    head = handle.read(1 << 16)
-    if not head.strip():
-        return True
-    ends = [(i, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (i := head.find(sep)) >= 0]
-    if not ends:
-        return False
-    index, width = min(ends)
-    length = _CONTENT_LENGTH.search(head[:index])
-    if length is None:
-        return False
-    stop = offset + index + width + int(length.group(1))
-    if stop > size:
-        return False
-    handle.seek(stop)
-    return not handle.read(1 << 16).strip()
 
 
 def _looks_like_record(handle: IO[bytes], offset: int, gz: bool) -> bool:
@@ -248,6 +357,132 @@ def _next_record_start(handle: IO[bytes], start: int, gz: bool, *, window: int =
         position += len(chunk) - len(needle) + 1
 
 
+def _resync(handle: IO[bytes], start: int, gz: bool, name: str) -> int | None:
+    try:
+        return _next_record_start(handle, start, gz)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("resync failed in %s: %s", name, exc)
+        return None
+
+
+@dataclass(slots=True)
+class _Held:
+    """The last record read. Its outcome waits until the bytes after it parse (or the file ends):
+    a wrong Content-Length only shows there, and then the record is quarantined instead."""
+
+    offset: int
+    declared: int
+    record_id: str
+    url: str
+    source: str
+    outcome: Record | Rejected | str  # str: the skip counter it goes to
+    short: bool = False  # its block ended before Content-Length bytes
+
+    def fault(self, reason: str, detail: str) -> None:
+        payload = self.outcome.payload if isinstance(self.outcome, Record) and isinstance(self.outcome.payload, bytes) \
+            else self.outcome.payload if isinstance(self.outcome, Rejected) else b""
+        self.outcome = Rejected(reason, detail, self.source, self.offset, self.record_id, self.url, payload)
+
+    def settle(self, skipped: Counter[str]) -> Iterator[Record | Rejected]:
+        if isinstance(self.outcome, str):
+            skipped[self.outcome] += 1
+        else:
+            yield self.outcome
+
+    @property
+    def reason(self) -> str | None:
+        return self.outcome.reason if isinstance(self.outcome, Rejected) else None
+
+
+_WANTED = WarcRecordType.response | WarcRecordType.conversion | WarcRecordType.resource
+
+
+def _read_record(rec: Any, *, source: str, name: str, html_mime_types: tuple[str, ...], max_bytes: int) -> _Held:
+    """Read one record's block and decide what it is: a Record, a Rejected or a skip counter."""
+    offset = rec.stream_pos
+    declared = rec.content_length
+    rtype = rec.record_type
+    url = _clean_uri(rec.headers.get("WARC-Target-URI"))
+    record_id = rec.record_id or f"{name}@{offset}"
+    held = _Held(offset, declared, record_id, url, source, "")
+
+    def reject(reason: str, detail: str, payload: bytes = b"") -> _Held:
+        held.outcome = Rejected(reason, detail, source, offset, record_id, url, payload)
+        return held
+
+    if not (rtype & _WANTED):
+        if not rec.headers.get("WARC-Type"):
+            # fastwarc accepts a header block without WARC-Type (mandatory): a broken record
+            return reject(CORRUPT_WARC, "record without a WARC-Type header", rec.reader.read(QUARANTINE_PAYLOAD_CAP))
+        held.outcome = f"{rtype}_record"
+        return held
+    fetched_at = _parse_date(rec.headers.get("WARC-Date"))
+    if declared > max_bytes:
+        got = 0
+        while chunk := rec.reader.read(1 << 20):  # drained, not kept: counting finds a block cut short
+            got += len(chunk)
+        held.short = got < declared
+        return reject(OVERSIZED, f"{declared} bytes > cap {max_bytes}")
+    if rtype == WarcRecordType.resource:
+        content_type = (rec.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type not in html_mime_types:
+            rec.reader.consume()
+            held.outcome = "non_html"
+            return held
+    raw = rec.reader.read()
+    if len(raw) < declared:
+        held.short = True
+        return reject(TRUNCATED_RECORD, f"read {len(raw)} of {declared} bytes", raw)
+    if rtype == WarcRecordType.conversion:  # WET: extracted text already
+        held.outcome = Record(url, record_id, fetched_at, source, offset, raw, "text", "utf-8")
+        return held
+    if rtype == WarcRecordType.resource:  # an HTML page stored without HTTP headers
+        if kind := binary_kind(raw):
+            return reject(BINARY_PAYLOAD, f"{kind} declared as {rec.headers.get('Content-Type')}", raw)
+        held.outcome = Record(url, record_id, fetched_at, source, offset, raw, "html", None)
+        return held
+    # response: an HTTP message
+    parsed = _split_http(raw)
+    if parsed is None:
+        if raw.startswith(b"HTTP/") or not raw.strip():
+            return reject(CORRUPT_WARC, "response record without a complete HTTP header block", raw)
+        held.outcome = "non_http_response"
+        return held
+    status, headers, body = parsed
+    if not status.startswith("2"):
+        held.outcome = f"http_{status[:16] or 'unknown'}"
+        return held
+    content_type = headers.get("content-type", "")
+    mime = content_type.split(";")[0].strip().lower()
+    if mime and mime not in html_mime_types:
+        held.outcome = "non_html"
+        return held
+    if not mime:
+        sniff = body[:512].lstrip().lower()
+        if not (sniff.startswith(b"<!doctype html") or sniff.startswith(b"<html") or b"<body" in sniff):
+            held.outcome = "non_html"
+            return held
+    try:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = _dechunk(body)  # falls back to the body as stored when it is not chunked
+        body = _decode_content_encoding(body, headers.get("content-encoding", ""), max_bytes)
+    except _TooLarge as exc:
+        return reject(OVERSIZED, f"decoded body: {exc} (cap {max_bytes})")
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the record's fault
+        return reject(BAD_CONTENT_ENCODING, f"{type(exc).__name__}: {exc}", raw)
+    if len(body) > max_bytes:
+        return reject(OVERSIZED, f"{len(body)} decoded bytes > cap {max_bytes}")
+    charset = None
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "charset":
+            charset = value.strip().strip("'\"") or None
+    if kind := binary_kind(body, charset):
+        return reject(BINARY_PAYLOAD, f"{kind} declared as {mime or 'HTML (sniffed)'}", body)
+    held.outcome = Record(url, record_id, fetched_at, source, offset, body, "html", charset)
+    return held
+
+
 def read_warc(
     handle: IO[bytes],
     *,
@@ -259,136 +494,157 @@ def read_warc(
 ) -> Iterator[Record | Rejected]:
     """HTML responses and WET conversion records of a WARC file; the rest is counted as skipped.
 
-    After corrupt bytes the reader resynchronises on the next record (gzip member or
-    `WARC/x.y` line), so one bad record does not cost the rest of the file.
+    Every record fastwarc delimits ends as exactly one of: a Record, a Rejected, a skip count;
+    bytes that are no record (garbage, a cut-off tail) count as one Rejected per stretch. So
+    records read = documents + quarantined + skipped holds for every file.
+
+    A record's outcome is held until the bytes after it parse: when they do not, its
+    Content-Length is checked against the data, and a record whose length is wrong is
+    quarantined (`bad_content_length`) together with the bytes it spoiled. After corrupt bytes
+    the reader resynchronises on the next record (gzip member or `WARC/x.y` line), so one bad
+    record does not cost the rest of the file.
     """
     gz = handle.read(2) == b"\x1f\x8b"  # the bytes, not the name: fastwarc sniffs too
     handle.seek(0)
     last_offset = 0  # start of the last record the iterator yielded (absolute: fastwarc counts from 0)
     resume = 0  # where the current ArchiveIterator started
-    truncated_at = -1
     corrupt: tuple[int, str] | None = None  # (last good record, error) of a bad stretch not yet reported
-    reported_at = -1  # a record already quarantined as corrupt: bytes right after it are the same fault
-    wanted = WarcRecordType.response | WarcRecordType.conversion | WarcRecordType.resource
+    held: _Held | None = None
     while True:
+        failure: Exception | None = None
         try:
             if resume:
                 handle.seek(resume)
             for rec in ArchiveIterator(handle, parse_http=False, min_content_length=None):
-                if corrupt is not None and corrupt[0] != reported_at:  # one report per bad stretch
+                if held is not None:  # the iterator parsed the next header: the held record was framed well enough
+                    yield from held.settle(skipped)
+                    held = None
+                if corrupt is not None:  # one report per bad stretch
                     yield Rejected(CORRUPT_WARC, f"{corrupt[1]} (resumed at offset {rec.stream_pos})", source,
                                    corrupt[0])
-                corrupt = None
+                    corrupt = None
                 last_offset = rec.stream_pos
-                rtype = rec.record_type
-                if not (rtype & wanted):
-                    if not rec.headers.get("WARC-Type"):
-                        # fastwarc accepts a header block without WARC-Type (mandatory): a broken record
-                        reported_at = rec.stream_pos
-                        yield Rejected(CORRUPT_WARC, "record without a WARC-Type header", source, rec.stream_pos,
-                                       rec.record_id or "", "", rec.reader.read(QUARANTINE_PAYLOAD_CAP))
-                        continue
-                    skipped[f"{rtype}_record"] += 1
-                    continue
-                url = _clean_uri(rec.headers.get("WARC-Target-URI"))
-                record_id = rec.record_id or f"{name}@{rec.stream_pos}"
-                fetched_at = _parse_date(rec.headers.get("WARC-Date"))
-                declared = rec.content_length
-                if declared > max_bytes:
-                    rec.reader.consume()
-                    skipped_payload = b""
-                    yield Rejected(OVERSIZED, f"{declared} bytes > cap {max_bytes}", source, rec.stream_pos,
-                                   record_id, url, skipped_payload)
-                    continue
-                if rtype == WarcRecordType.resource:
-                    content_type = (rec.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-                    if content_type not in html_mime_types:
-                        rec.reader.consume()
-                        skipped["non_html"] += 1
-                        continue
-                raw = rec.reader.read()
-                if len(raw) < declared:
-                    truncated_at = rec.stream_pos
-                    yield Rejected(TRUNCATED_RECORD, f"read {len(raw)} of {declared} bytes", source,
-                                   rec.stream_pos, record_id, url, raw)
-                    continue
-                if rtype == WarcRecordType.conversion:  # WET: extracted text already
-                    yield Record(url, record_id, fetched_at, source, rec.stream_pos, raw, "text", "utf-8")
-                    continue
-                if rtype == WarcRecordType.resource:  # an HTML page stored without HTTP headers
-                    yield Record(url, record_id, fetched_at, source, rec.stream_pos, raw, "html", None)
-                    continue
-                # response: an HTTP message
-                parsed = _split_http(raw)
-                if parsed is None:
-                    if raw.startswith(b"HTTP/") or not raw.strip():
-                        reported_at = rec.stream_pos
-                        yield Rejected(CORRUPT_WARC, "response record without a complete HTTP header block",
-                                       source, rec.stream_pos, record_id, url, raw)
-                    else:
-                        skipped["non_http_response"] += 1
-                    continue
-                status, headers, body = parsed
-                if not status.startswith("2"):
-                    skipped[f"http_{status or 'unknown'}"] += 1
-                    continue
-                content_type = headers.get("content-type", "")
-                mime = content_type.split(";")[0].strip().lower()
-                if mime and mime not in html_mime_types:
-                    skipped["non_html"] += 1
-                    continue
-                if not mime:
-                    sniff = body[:512].lstrip().lower()
-                    if not (sniff.startswith(b"<!doctype html") or sniff.startswith(b"<html") or b"<body" in sniff):
-                        skipped["non_html"] += 1
-                        continue
-                try:
-                    if "chunked" in headers.get("transfer-encoding", "").lower():
-                        body = _dechunk(body)  # falls back to the body as stored when it is not chunked
-                    body = _decode_content_encoding(body, headers.get("content-encoding", ""))
-                except Exception as exc:  # noqa: BLE001 - any decoder failure is the record's fault
-                    yield Rejected(BAD_CONTENT_ENCODING, f"{type(exc).__name__}: {exc}", source, rec.stream_pos,
-                                   record_id, url, raw)
-                    continue
-                if len(body) > max_bytes:
-                    yield Rejected(OVERSIZED, f"{len(body)} decoded bytes > cap {max_bytes}", source,
-                                   rec.stream_pos, record_id, url, b"")
-                    continue
-                charset = None
-                for part in content_type.split(";")[1:]:
-                    key, _, value = part.partition("=")
-                    if key.strip().lower() == "charset":
-                        charset = value.strip().strip("'\"") or None
-                yield Record(url, record_id, fetched_at, source, rec.stream_pos, body, "html", charset)
+                held = _read_record(rec, source=source, name=name, html_mime_types=html_mime_types,
+                                    max_bytes=max_bytes)
         except Exception as exc:  # noqa: BLE001 - a broken record must not stop the file, nor the crawl
-            scan_from = max(last_offset, resume) + 1  # always moves forward, so this loop ends
-            try:
-                found = _next_record_start(handle, scan_from, gz)
-            except Exception as scan_exc:  # noqa: BLE001
-                log.debug("resync failed in %s: %s", name, scan_exc)
-                found = None
-            if corrupt is None:
-                corrupt = (last_offset, f"{type(exc).__name__}: {exc}")
+            failure = exc
+        if failure is not None:
+            absorbed = False  # the bad bytes belong to the held record: no report of their own
+            if held is not None:
+                if held.reason != CORRUPT_WARC:
+                    state, _ = _safe_frame(handle, held, gz)
+                    if state != "ok":
+                        held.fault(BAD_CONTENT_LENGTH, f"Content-Length {held.declared} does not end at the "
+                                   f"record's end ({state}); next header unreadable: {type(failure).__name__}")
+                absorbed = held.reason in (CORRUPT_WARC, BAD_CONTENT_LENGTH)
+                yield from held.settle(skipped)
+                held = None
+            if corrupt is None and not absorbed:
+                corrupt = (last_offset, f"{type(failure).__name__}: {failure}")
+            found = _resync(handle, max(last_offset, resume) + 1, gz, name)  # always forward, so this loop ends
             if found is None:
                 break
             resume = last_offset = found
             continue
+        if held is not None and held.reason != CORRUPT_WARC:
+            state, end = _safe_frame(handle, held, gz)
+            if held.short or state == "short":
+                # the block runs past the end of the data: a record after its declared start means
+                # the length is wrong (read on from there); none means the file is cut short
+                found = _resync(handle, held.offset + 1, gz, name)
+                if found is not None:
+                    held.fault(BAD_CONTENT_LENGTH, f"Content-Length {held.declared} runs past the next record "
+                               f"(at offset {found})")
+                    yield from held.settle(skipped)
+                    held = None
+                    resume = last_offset = found
+                    continue
+                yield from _settle_cut(held, handle, gz, skipped)
+                return
+            if state == "overrun":
+                held.fault(BAD_CONTENT_LENGTH, f"Content-Length {held.declared} ends inside the record's block")
+            elif not gz:
+                stop = held.offset + end
+                yield from held.settle(skipped)
+                held = None
+                if end >= 0:
+                    yield from _plain_trailer(handle, stop, source)
+                return
         break
     if corrupt is not None:
-        if corrupt[0] != reported_at:
-            yield Rejected(CORRUPT_WARC, f"{corrupt[1]} (rest of file not read)", source, corrupt[0])
+        if held is not None:
+            yield from held.settle(skipped)
+        yield Rejected(CORRUPT_WARC, f"{corrupt[1]} (rest of file not read)", source, corrupt[0])
         return
-    tail = max(last_offset, resume)
+    if not gz:
+        if held is not None:
+            yield from held.settle(skipped)
+        else:
+            yield from _plain_trailer(handle, max(last_offset, resume), source)
+        return
+    tail = held.offset if held is not None else max(last_offset, resume)
+    try:
+        state, member = _gzip_tail(handle, tail)
+    except OSError as exc:
+        state, member = "incomplete", tail
+        log.debug("gzip tail check failed for %s: %s", name, exc)
+    if held is not None and state != "complete" and member <= held.offset:
+        if held.reason not in (TRUNCATED_RECORD, BAD_CONTENT_LENGTH):
+            held.fault(TRUNCATED_GZIP, "gzip stream ends inside this record's member")
+        held_first = True
+    else:
+        held_first = False
+    if held is not None:
+        yield from held.settle(skipped)
+    if state == "complete" or held_first:
+        return
+    if state == "incomplete":
+        yield Rejected(TRUNCATED_GZIP, "gzip stream ends before its last member is complete", source, member)
+    else:
+        yield Rejected(CORRUPT_WARC, "bytes after the last record are not a gzip member", source, member)
+
+
+def _safe_frame(handle: IO[bytes], held: _Held, gz: bool) -> tuple[str, int]:
+    try:
+        return _record_frame(handle, held.offset, gz, held.declared)
+    except Exception as exc:  # noqa: BLE001 - a check must not turn into a crash
+        log.debug("frame check failed at %d: %s", held.offset, exc)
+        return "ok", -1
+
+
+def _settle_cut(held: _Held, handle: IO[bytes], gz: bool, skipped: Counter[str]) -> Iterator[Record | Rejected]:
+    """The held record runs past the end of the file: truncated, or (gzip ending cleanly) a wrong length."""
     if gz:
         try:
-            complete = _gzip_tail_complete(handle, tail)
-        except (OSError, zlib.error) as exc:
-            complete = False
-            log.debug("gzip tail check failed for %s: %s", name, exc)
-        if not complete:
-            yield Rejected(TRUNCATED_GZIP, "gzip stream ends before its last member is complete", source, tail)
-    elif truncated_at != tail and not _plain_tail_complete(handle, tail):
-        yield Rejected(TRUNCATED_RECORD, "file ends inside a record (header or body incomplete)", source, tail)
+            state, _ = _gzip_tail(handle, held.offset)
+        except OSError:
+            state = "incomplete"
+        if state == "complete":
+            held.fault(BAD_CONTENT_LENGTH, f"Content-Length {held.declared} runs past the end of a complete gzip stream")
+        elif held.reason != TRUNCATED_RECORD:
+            held.fault(TRUNCATED_GZIP, "gzip stream ends inside this record")
+        elif isinstance(held.outcome, Rejected):
+            held.outcome.detail += "; the gzip stream ends inside this record"
+    elif held.reason != TRUNCATED_RECORD:
+        held.fault(TRUNCATED_RECORD, f"file ends inside a record of {held.declared} bytes")
+    yield from held.settle(skipped)
+
+
+def _plain_trailer(handle: IO[bytes], end: int, source: str) -> Iterator[Rejected]:
+    """Bytes after the last whole record of an uncompressed file: a cut-off record or garbage (one Rejected)."""
+    handle.seek(max(0, end))
+    rest = handle.read(1 << 16).lstrip()
+    if not rest:
+        while chunk := handle.read(1 << 16):
+            if chunk.strip():
+                rest = chunk.lstrip()
+                break
+    if not rest:
+        return
+    if rest.startswith(b"WARC/"):
+        yield Rejected(TRUNCATED_RECORD, "file ends inside a record (header or body incomplete)", source, end)
+    else:
+        yield Rejected(CORRUPT_WARC, "bytes after the last record are not a record", source, end)
 
 
 def _decompressed_chunks(handle: IO[bytes], name: str, size: int = 1 << 16) -> Iterator[bytes]:

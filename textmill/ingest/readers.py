@@ -6,8 +6,7 @@ its reason for quarantine) and counts what it skips. Nothing is read whole into 
 
 from __future__ import annotations
 
-import gzip
-import io
+import codecs
 import json
 import logging
 import re
@@ -647,50 +646,159 @@ def _plain_trailer(handle: IO[bytes], end: int, source: str) -> Iterator[Rejecte
         yield Rejected(CORRUPT_WARC, "bytes after the last record are not a record", source, end)
 
 
-def _decompressed_chunks(handle: IO[bytes], name: str, size: int = 1 << 16) -> Iterator[bytes]:
-    """The decompressed bytes of a file in chunks; raises EOFError where a compressed stream is cut short.
+@dataclass(slots=True)
+class _Fault:
+    """A stretch of a compressed stream that could not be read (passed along the chunk stream)."""
 
-    Chunks come one decompression step at a time, so everything before a truncation is
-    still delivered (a buffered readline over GzipFile loses the whole last buffer).
-    """
-    lower = name.lower()
-    if lower.endswith(".gz"):
-        stream = gzip.GzipFile(fileobj=handle)
-        while chunk := stream.read1(size):
-            yield chunk
-        return
-    if lower.endswith((".zst", ".zstd")):
-        # zstandard's stream_reader ends silently on a truncated frame: track frame ends ourselves
-        decompressor = zstandard.ZstdDecompressor()
-        inflater = decompressor.decompressobj()
-        pending = False
-        while data := handle.read(size):
-            while data:
+    reason: str
+    detail: str
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _next_gzip_member(handle: IO[bytes], start: int) -> int | None:
+    """Offset of the next gzip member header from `start` whose first bytes inflate."""
+    position = start
+    while True:
+        handle.seek(position)
+        chunk = handle.read(1 << 20)
+        found = chunk.find(b"\x1f\x8b\x08")
+        while found >= 0:
+            handle.seek(position + found)
+            try:
+                zlib.decompressobj(wbits=31).decompress(handle.read(1 << 12), 16)
+                return position + found
+            except zlib.error:
+                found = chunk.find(b"\x1f\x8b\x08", found + 1)
+        if len(chunk) < 1 << 20:
+            return None
+        position += len(chunk) - 2
+
+
+def _gzip_chunks(handle: IO[bytes], size: int) -> Iterator[bytes | _Fault]:
+    """Decompressed chunks of every gzip member; garbage between members is one fault, then reading resumes."""
+    inflater = zlib.decompressobj(wbits=31)
+    member = position = 0  # start of the current member; file position of `data`
+    pending = False
+    while data := handle.read(size):
+        while data:
+            try:
+                out = inflater.decompress(data, size)
+            except zlib.error as exc:
+                found = _next_gzip_member(handle, member + 1)
+                resumed = f"resumed at byte {found}" if found is not None else "rest of file not read"
+                yield _Fault(CORRUPT_GZIP, f"{exc} in the member at byte {member} ({resumed})")
+                if found is None:
+                    return
+                handle.seek(found)
+                member = position = found
+                inflater, pending, data = zlib.decompressobj(wbits=31), False, b""
+                break
+            pending = True
+            if out:
+                yield out
+            if inflater.eof:
+                position += len(data) - len(inflater.unused_data)
+                data, pending, member = inflater.unused_data, False, position
+                inflater = zlib.decompressobj(wbits=31)
+            else:
+                position += len(data) - len(inflater.unconsumed_tail)
+                data = inflater.unconsumed_tail
+    if pending:
+        yield _Fault(TRUNCATED_GZIP, f"gzip stream ends inside the member at byte {member}")
+
+
+def _zstd_chunks(handle: IO[bytes], size: int) -> Iterator[bytes | _Fault]:
+    # zstandard's stream_reader ends silently on a truncated frame: track frame ends ourselves
+    decompressor = zstandard.ZstdDecompressor()
+    inflater = decompressor.decompressobj()
+    pending = False
+    while data := handle.read(size):
+        while data:
+            try:
                 out = inflater.decompress(data)
-                pending = True
-                if out:
-                    yield out
-                if inflater.eof:
-                    data, pending = inflater.unused_data, False
-                    inflater = decompressor.decompressobj()
-                else:
-                    data = b""
-        if pending:
-            raise EOFError("zstd stream ended before the end of its last frame")
+            except zstandard.ZstdError as exc:
+                yield _Fault(CORRUPT_FILE, f"ZstdError: {exc} (rest of file not read)")
+                return
+            pending = True
+            if out:
+                yield out
+            if inflater.eof:
+                data, pending = inflater.unused_data, False
+                inflater = decompressor.decompressobj()
+            else:
+                data = b""
+    if pending:
+        yield _Fault(TRUNCATED_ZSTD, "zstd stream ended before the end of its last frame")
+
+
+def _transcoded(chunks: Iterator[bytes | _Fault]) -> Iterator[bytes | _Fault]:
+    """UTF-8 chunks: a leading UTF-8 BOM is dropped, a UTF-16/32 BOM makes the stream be decoded from that."""
+    head = b""
+    for chunk in chunks:
+        if isinstance(chunk, _Fault):
+            if head:
+                yield head
+                head = b""
+            yield chunk
+            continue
+        head += chunk
+        if len(head) >= 4:
+            break
+    else:
+        if head:
+            yield head[3:] if head.startswith(codecs.BOM_UTF8) else head
         return
-    while chunk := handle.read(size):
-        yield chunk
+    encoding = next((name for bom, name in _BOMS if head.startswith(bom)), None)
+    if encoding is None:
+        yield head[3:] if head.startswith(codecs.BOM_UTF8) else head
+        yield from chunks
+        return
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    yield decoder.decode(head).lstrip("\ufeff").encode("utf-8", "surrogatepass")
+    for chunk in chunks:
+        yield chunk if isinstance(chunk, _Fault) else decoder.decode(chunk).encode("utf-8", "surrogatepass")
+    yield decoder.decode(b"", final=True).encode("utf-8", "surrogatepass")
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _decompressed_chunks(handle: IO[bytes], name: str, size: int = 1 << 16) -> Iterator[bytes | _Fault]:
+    """The decompressed bytes of a file in chunks; a cut-short or corrupt compressed stream shows as a `_Fault`.
+
+    The compression is read from the magic bytes (the name may lie). Chunks come one
+    decompression step at a time, so everything before a fault is still delivered.
+    """
+    magic = handle.read(4)
+    handle.seek(0)
+    if magic.startswith(_GZIP_MAGIC):
+        return _transcoded(_gzip_chunks(handle, size))
+    if magic == _ZSTD_MAGIC:
+        return _transcoded(_zstd_chunks(handle, size))
+    return _transcoded(iter(lambda: handle.read(size), b""))
 
 
 class _OversizedLine(int):
     """Stands in for a line longer than the cap; its value is the line's length in bytes."""
 
 
-def _lines(chunks: Iterator[bytes], limit: int) -> Iterator[bytes | _OversizedLine]:
-    """Lines of a byte stream; a line over `limit` bytes is skipped without being held in memory."""
+def _lines(chunks: Iterator[bytes | _Fault], limit: int) -> Iterator[bytes | _OversizedLine | _Fault]:
+    """Lines of a byte stream; a line over `limit` bytes is skipped without being held in memory.
+
+    A fault drops the partial line before it (those bytes are part of the bad stretch).
+    """
     buffer = bytearray()
     dropped = 0  # > 0 while discarding the rest of an oversized line
     for chunk in chunks:
+        if isinstance(chunk, _Fault):
+            buffer.clear()
+            dropped = 0
+            yield chunk
+            continue
         buffer += chunk
         start = 0
         while (newline := buffer.find(b"\n", start)) >= 0:
@@ -710,14 +818,32 @@ def _lines(chunks: Iterator[bytes], limit: int) -> Iterator[bytes | _OversizedLi
         yield bytes(buffer)
 
 
+_NESTED = (dict, list)
+
+
+def _has_lone_surrogate(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def read_jsonl(
     handle: IO[bytes], *, source: str, name: str, max_bytes: int, skipped: Counter[str]
 ) -> Iterator[Record | Rejected]:
-    """One JSON object per line with at least `text`; id, url, source and dates are picked up when present."""
+    """One JSON object per line with at least `text`; id, url, source and dates are picked up when present.
+
+    Every line ends as exactly one Record, Rejected or skip count; a stretch of the compressed
+    stream that cannot be read is one Rejected.
+    """
     offset = 0
     try:
         for line_number, line in enumerate(_lines(_decompressed_chunks(handle, name), max_bytes)):
             offset = line_number
+            if isinstance(line, _Fault):
+                yield Rejected(line.reason, f"{line.detail} (at line {line_number})", source, line_number)
+                continue
             if isinstance(line, _OversizedLine) or len(line) > max_bytes:
                 size = int(line) if isinstance(line, _OversizedLine) else len(line)
                 yield Rejected(OVERSIZED, f"{size} bytes > cap {max_bytes}", source, line_number, payload=b"")
@@ -727,60 +853,133 @@ def read_jsonl(
                 continue
             try:
                 obj = json.loads(line)
+            except RecursionError:
+                yield Rejected(BAD_JSON, "JSON nested too deeply", source, line_number, payload=line)
+                continue
             except ValueError as exc:
                 yield Rejected(BAD_JSON, str(exc), source, line_number, payload=line)
                 continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                yield Rejected(MISSING_TEXT, "record has no string field 'text'", source, line_number, payload=line)
+            if not isinstance(obj, dict):
+                yield Rejected(MISSING_TEXT, f"line is a JSON {type(obj).__name__}, not an object", source,
+                               line_number, payload=line)
+                continue
+            text = obj.get("text")
+            if not isinstance(text, str):
+                what = "no field 'text'" if "text" not in obj else f"'text' is {type(text).__name__}, not a string"
+                yield Rejected(MISSING_TEXT, what, source, line_number, payload=line)
+                continue
+            bad = next((key for key in ("id", "url", "source") if isinstance(obj.get(key), _NESTED)), None)
+            if bad is not None:
+                yield Rejected(BAD_FIELD_TYPE, f"'{bad}' is a JSON {type(obj[bad]).__name__}", source, line_number,
+                               payload=line)
                 continue
             metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-            url = str(obj.get("url") or metadata.get("url") or obj.get("id") or "")
+            meta_url = metadata.get("url")
+            url = str(obj.get("url") or (meta_url if not isinstance(meta_url, _NESTED) else "") or obj.get("id") or "")
             record_id = str(obj.get("id") or f"{name}:{line_number}")
-            fetched = obj.get("fetched_at") or obj.get("created") or metadata.get("date_download")
             record_source = str(obj.get("source") or source)
-            yield Record(url, record_id, _parse_date(fetched), record_source, line_number, obj["text"], "text")
-    except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
-        if isinstance(exc, EOFError):
-            reason = TRUNCATED_ZSTD if name.lower().endswith((".zst", ".zstd")) else TRUNCATED_GZIP
-        else:
-            reason = CORRUPT_FILE
-        yield Rejected(reason, f"{type(exc).__name__}: {exc} (after line {offset})", source, offset)
+            if b"\\u" in line and (lone := next((k for k, v in (("text", text), ("url", url), ("id", record_id),
+                                                                  ("source", record_source)) if _has_lone_surrogate(v)),
+                                                 None)):
+                # a \ud800-style escape without its pair: no UTF-8 (nor Parquet) can hold it
+                yield Rejected(UNDECODABLE, f"lone surrogate escape in '{lone}'", source, line_number, payload=line)
+                continue
+            fetched = obj.get("fetched_at") or obj.get("created") or metadata.get("date_download")
+            yield Record(url, record_id, _parse_date(fetched), record_source, line_number, text, "text")
+    except (OSError, zlib.error, zstandard.ZstdError) as exc:
+        yield Rejected(CORRUPT_FILE, f"{type(exc).__name__}: {exc} (after line {offset})", source, offset)
+
+
+_TEXT_TYPES = ("string", "large_string", "string_view")
+_BINARY_TYPES = ("binary", "large_binary", "binary_view")
+
+
+def _text_type_ok(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return str(arrow_type) in _TEXT_TYPES + _BINARY_TYPES or pa.types.is_string(arrow_type) \
+        or pa.types.is_large_string(arrow_type)
 
 
 def read_parquet(
     handle: IO[bytes], *, source: str, name: str, max_bytes: int, skipped: Counter[str], batch_rows: int = 4096
 ) -> Iterator[Record | Rejected]:
-    """Row batches of a Parquet file with a `text` column (plus id, url, fetched_at when present)."""
+    """Row batches of a Parquet file with a `text` column (plus id, url, fetched_at when present).
+
+    Every row of a readable row group ends as one Record or Rejected; a file that cannot be
+    opened, or whose `text` column is missing or not text, is one Rejected, and so is an
+    unreadable row group (or the rest of one).
+    """
+    import pyarrow as pa
+
     try:
         parquet = pq.ParquetFile(handle)
+        schema = parquet.schema_arrow
     except Exception as exc:  # noqa: BLE001
         yield Rejected(CORRUPT_FILE, f"{type(exc).__name__}: {exc}", source, 0)
         return
-    names = set(parquet.schema_arrow.names)
+    names = set(schema.names)
     if "text" not in names:
         yield Rejected(MISSING_TEXT, "parquet file has no 'text' column", source, 0)
         return
+    text_type = schema.field("text").type
+    if not _text_type_ok(text_type):
+        yield Rejected(BAD_SCHEMA, f"'text' column is {text_type}, not a string", source, 0)
+        return
     columns = [c for c in ("id", "url", "text", "fetched_at", "source") if c in names]
+    nested = {c: str(schema.field(c).type) for c in ("id", "url", "source") if c in names
+              and pa.types.is_nested(schema.field(c).type)}
     row = 0
+    for group in range(parquet.metadata.num_row_groups):
+        group_end = row + parquet.metadata.row_group(group).num_rows
+        try:
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns, row_groups=[group]):
+                data = batch.to_pydict()
+                for i, text in enumerate(data["text"]):
+                    offset = row + i
+                    raw_id = data["id"][i] if "id" in data else None
+                    record_id = str(raw_id) if raw_id is not None and "id" not in nested else f"{name}:{offset}"
+                    url = str(data["url"][i] or "") if "url" in data and "url" not in nested else ""
+                    if nested:
+                        column, kind = next(iter(nested.items()))
+                        yield Rejected(BAD_FIELD_TYPE, f"'{column}' column is {kind}", source, offset, record_id, url)
+                        continue
+                    if text is None:
+                        yield Rejected(MISSING_TEXT, "null text", source, offset, record_id, url)
+                        continue
+                    if len(text) > max_bytes:
+                        yield Rejected(OVERSIZED, f"{len(text)} chars > cap {max_bytes}", source, offset, record_id, url)
+                        continue
+                    fetched = _parse_date(data["fetched_at"][i]) if "fetched_at" in data else None
+                    record_source = str(data["source"][i] or source) if "source" in data else source
+                    yield Record(url, record_id, fetched, record_source, offset, text, "text", "utf-8")
+                row += batch.num_rows
+        except Exception as exc:  # noqa: BLE001
+            yield Rejected(CORRUPT_FILE, f"{type(exc).__name__}: {exc} (row group {group}, rows {row}-{group_end - 1})",
+                           source, row)
+        row = group_end
+
+
+def sniff_format(head: bytes) -> Format | None:
+    """The format the first bytes of a file show (through gzip or zstd), or None when they do not tell."""
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    inner = head
     try:
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
-            data = batch.to_pydict()
-            for i, text in enumerate(data["text"]):
-                offset = row + i
-                record_id = str(data["id"][i]) if "id" in data and data["id"][i] is not None else f"{name}:{offset}"
-                url = str(data["url"][i] or "") if "url" in data else ""
-                if not isinstance(text, str):
-                    yield Rejected(MISSING_TEXT, "null text", source, offset, record_id, url)
-                    continue
-                if len(text) > max_bytes:
-                    yield Rejected(OVERSIZED, f"{len(text)} chars > cap {max_bytes}", source, offset, record_id, url)
-                    continue
-                fetched = _parse_date(data["fetched_at"][i]) if "fetched_at" in data else None
-                record_source = str(data["source"][i] or source) if "source" in data else source
-                yield Record(url, record_id, fetched, record_source, offset, text, "text")
-            row += batch.num_rows
-    except Exception as exc:  # noqa: BLE001
-        yield Rejected(CORRUPT_FILE, f"{type(exc).__name__}: {exc} (after row {row})", source, row)
+        if head.startswith(_GZIP_MAGIC):
+            inner = zlib.decompressobj(wbits=31).decompress(head, 512)
+        elif head.startswith(_ZSTD_MAGIC):
+            inner = zstandard.ZstdDecompressor().decompressobj().decompress(head)[:512]
+    except (zlib.error, zstandard.ZstdError):
+        return None
+    inner = inner.removeprefix(codecs.BOM_UTF8).lstrip()
+    if inner.startswith(b"WARC/"):
+        return "warc"
+    if inner.startswith(b"{"):
+        return "jsonl"
+    return None
 
 
 def read_records(
@@ -792,8 +991,17 @@ def read_records(
     max_bytes: int,
     skipped: Counter[str],
 ) -> Iterator[Record | Rejected]:
-    """Dispatch on the file name to the matching streaming reader."""
-    kind = detect_format(name)
+    """Dispatch to the matching streaming reader: by content when the first bytes tell, else by name.
+
+    A zero-byte file is one `empty_file` rejection (a failed upload looks like that).
+    """
+    head = handle.read(4096)
+    handle.seek(0)
+    if not head:
+        return iter([Rejected(EMPTY_FILE, "zero-byte file", source, 0)])
+    kind = sniff_format(head) or detect_format(name)
+    if kind != detect_format(name):
+        log.warning("%s holds %s data; read as %s", name, kind, kind)
     if kind == "warc":
         return read_warc(handle, source=source, name=name, html_mime_types=html_mime_types, max_bytes=max_bytes,
                          skipped=skipped)

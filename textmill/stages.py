@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump a stage's code version when its output for the same inputs and config changes.
-CODE_VERSIONS = {"raw": "1", "deduped": "2", "filtered": "1", "rewritten": "1", "mixed": "1"}
+CODE_VERSIONS = {"raw": "2", "deduped": "2", "filtered": "1", "rewritten": "1", "mixed": "1"}
 
 Progress = Callable[[int, int], None]
 
@@ -206,9 +206,15 @@ def raw(
         charsets.update(result.charsets)
     documents = sum(r.documents for r in results)
     records = sum(r.records for r in results) + sum(skipped.values())
+    # every input record (WARC record, JSONL line, Parquet row; an unreadable stretch or file counts as one)
+    # is a document, a skip or a quarantine row: anything else is a bug and shows here
+    unaccounted = records - documents - sum(skipped.values()) - sum(quarantined.values())
+    if unaccounted:
+        log.error("raw %s: %d records neither kept, skipped nor quarantined", crawl, unaccounted)
     statistics = {
         "documents": documents,
         "records_read": records,
+        "unaccounted_records": unaccounted,
         "input_files": len(paths),
         "input_bytes": sum(r.bytes_in for r in results),
         "ignored_files": [posixpath.relpath(p, store.landing_dir(crawl)) for p in ignored],
@@ -218,8 +224,9 @@ def raw(
         "charset_sources": dict(sorted(charsets.items())),
         "extractor": config.extractor,
         "per_file": [
-            {"path": posixpath.relpath(r.path, store.landing_dir(crawl)), "documents": r.documents,
-             "quarantined": sum(r.quarantined.values()), "seconds": round(r.seconds, 4)}
+            {"path": posixpath.relpath(r.path, store.landing_dir(crawl)), "records": r.records + sum(r.skipped.values()),
+             "documents": r.documents, "skipped": sum(r.skipped.values()), "quarantined": sum(r.quarantined.values()),
+             "seconds": round(r.seconds, 4)}
             for r in results
         ],
     }

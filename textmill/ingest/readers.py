@@ -999,9 +999,16 @@ def read_records(
     handle.seek(0)
     if not head:
         return iter([Rejected(EMPTY_FILE, "zero-byte file", source, 0)])
-    kind = sniff_format(head) or detect_format(name)
-    if kind != detect_format(name):
-        log.warning("%s holds %s data; read as %s", name, kind, kind)
+    try:
+        by_name: Format | None = detect_format(name)
+    except ValueError:
+        by_name = None
+    kind = sniff_format(head) or by_name
+    if kind is None:
+        return iter([Rejected(CORRUPT_FILE, f"neither the name nor the first bytes of {name!r} tell its format",
+                              source, 0, payload=head[:512])])
+    if kind != by_name:
+        log.warning("%s holds %s data (by its first bytes); read as %s", name, kind, kind)
     if kind == "warc":
         return read_warc(handle, source=source, name=name, html_mime_types=html_mime_types, max_bytes=max_bytes,
                          skipped=skipped)

@@ -50,7 +50,7 @@ class ShardResult:
     parts: list[PartInfo] = field(default_factory=list)
     quarantine_parts: list[PartInfo] = field(default_factory=list)
     documents: int = 0
-    records: int = 0
+    records: int = 0  # items the reader yielded (documents + quarantined); input records = records + skipped
     bytes_in: int = 0
     quarantined: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
@@ -179,7 +179,22 @@ def _extract_batch(batch: list[readers.Record], writer: _ShardWriter, task: Inge
         kept.append(record)
         texts.append(text)
     if kept:
-        frame = document_frame(kept, texts, crawl=task.crawl, langid_max_chars=config.langid_max_chars)
+        try:
+            frame = document_frame(kept, texts, crawl=task.crawl, langid_max_chars=config.langid_max_chars)
+        except Exception as exc:  # noqa: BLE001 - one bad record must not cost its batch: find it
+            log.warning("batch of %d failed (%s: %s); building it record by record", len(kept), type(exc).__name__, exc)
+            frames = []
+            for record, text in zip(kept, texts):
+                try:
+                    frames.append(document_frame([record], [text], crawl=task.crawl,
+                                                 langid_max_chars=config.langid_max_chars))
+                except Exception as one:  # noqa: BLE001
+                    raw = record.payload if isinstance(record.payload, bytes) else text.encode("utf-8", "replace")
+                    writer.reject(readers.Rejected(readers.EXTRACTION_ERROR, f"{type(one).__name__}: {one}",
+                                                   record.source, record.offset, record.record_id, record.url, raw))
+            if not frames:
+                return
+            frame = pl.concat(frames)
         writer.result.languages.update(frame["lang"].to_list())
         writer.add(frame)
 
@@ -193,19 +208,25 @@ def ingest_shard(task: IngestTask) -> ShardResult:
     name = posixpath.basename(task.path)
     batch: list[readers.Record] = []
     with task.store.fs.open(task.path, "rb") as handle:
-        stream = readers.read_records(
-            handle, name=name, source=task.source, html_mime_types=tuple(config.html_mime_types),
-            max_bytes=config.max_document_bytes, skipped=result.skipped,
-        )
-        for item in stream:
+        try:
+            stream = readers.read_records(
+                handle, name=name, source=task.source, html_mime_types=tuple(config.html_mime_types),
+                max_bytes=config.max_document_bytes, skipped=result.skipped,
+            )
+            for item in stream:
+                result.records += 1
+                if isinstance(item, readers.Rejected):
+                    writer.reject(item)
+                    continue
+                batch.append(item)
+                if len(batch) >= config.batch_size:
+                    _extract_batch(batch, writer, task)
+                    batch = []
+        except Exception as exc:  # noqa: BLE001 - a reader bug costs the rest of this file, not the crawl
+            log.exception("reader failed on %s", name)
             result.records += 1
-            if isinstance(item, readers.Rejected):
-                writer.reject(item)
-                continue
-            batch.append(item)
-            if len(batch) >= config.batch_size:
-                _extract_batch(batch, writer, task)
-                batch = []
+            writer.reject(readers.Rejected(readers.CORRUPT_FILE, f"reader failed: {type(exc).__name__}: {exc} "
+                                           "(rest of file not read)", task.source, -1))
         if batch:
             _extract_batch(batch, writer, task)
     writer.flush_documents()

@@ -63,7 +63,7 @@ def _broken_copy(store: Store, manifest: Manifest, version: str, damage, *, extr
 
 def _text(page: Path) -> str:
     """What a browser shows of a Data Docs page: tags, scripts and styles removed, whitespace collapsed."""
-    markup = re.sub(r"<(script|style).*?</\1>", " ", page.read_text(), flags=re.S)
+    markup = re.sub(r"<(script|style).*?</\1>", " ", page.read_text(), flags=re.DOTALL)
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", markup)))
 
 
@@ -133,8 +133,8 @@ def test_filtered_suite_ties_recyclable_to_the_reason_on_rejected_rows(chain):
     report = run_expectation_report(chain["store"], broken, max_rows=5_000)
     assert {t.suite.rsplit(".", 2)[0] for t in report.tables} == {"textmill.filtered", "textmill.filtered.rejected"}
     # everything else holds on the real version: kept and rejected sides, signal ranges, reasons
-    assert report.failed == [f"filtered.rejected: expect_column_values_to_be_in_set(recyclable) "
-                             f"where reject_reason.str.startswith(\"{rule_set}:\")"]
+    assert report.failed == [(f"filtered.rejected: expect_column_values_to_be_in_set(recyclable) "
+                              f"where reject_reason.str.startswith(\"{rule_set}:\")")]
     assert report.evaluated > 60
 
 
@@ -165,3 +165,17 @@ def test_dagster_runs_the_non_blocking_report_check_after_the_asset(tmp_path):
     assert meta["version"] == version and meta["expectations_failed"] == 0 and meta["expectations_evaluated"] >= 20
     assert meta["data_docs"] == (tmp_path / "reports" / "gx" / "raw" / CRAWL / version / "index.html").as_uri()
     assert Path(meta["data_docs_path"]).is_file()
+
+
+@pytest.mark.slow
+def test_a_version_on_s3_is_read_lazily_and_its_data_docs_go_to_a_local_folder(s3_store, tmp_path, monkeypatch):
+    s3_store.write_bytes(s3_store.path("landing", CRAWL, "jsonl", "cc_en_head-0091.jsonl.gz"),
+                         (SAMPLE / "cc_en_head-0091.jsonl.gz").read_bytes())
+    raw = stages.raw(store=s3_store, crawl=CRAWL, config=resolve_recipe(None).raw, executor=SerialExecutor())
+    monkeypatch.setenv("TEXTMILL_REPORTS_DIR", str(tmp_path / "reports"))
+    report = run_expectation_report(s3_store, raw.manifest, max_rows=4)
+    assert report.success, report.failed
+    assert report.tables[0].rows_sampled == 4 < report.tables[0].rows_total == raw.manifest.rows
+    assert Path(report.index_path) == tmp_path / "reports" / "raw" / CRAWL / raw.version / "index.html"
+    assert Path(report.index_path).is_file()
+    assert not s3_store.exists(s3_store.path("reports"))  # nothing written next to the data on the bucket

@@ -430,9 +430,9 @@ def run_expectation_report(
             # the whole suite at once: add_expectation() re-serializes the suite on every call
             suite = context.suites.add(gx.ExpectationSuite(
                 name=suite_name, expectations=[getattr(gxe, name)(**kwargs) for name, kwargs in specs],
-                meta={"notes": {"format": "markdown", "content": [
+                meta={"notes": {"format": "markdown", "content": [(
                     f"{manifest.stage} version `{manifest.version}` of `{manifest.partition}`: "
-                    f"{frame.height} of {rows_total} rows, sampled by a hash of the id (seed {seed})."]}}))
+                    f"{frame.height} of {rows_total} rows, sampled by a hash of the id (seed {seed}).")]}}))
             batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("sample")
             validation = context.validation_definitions.add(
                 gx.ValidationDefinition(name=f"{table}-sample", data=batch, suite=suite))

@@ -226,6 +226,7 @@ def raw(
         "per_file": [
             {"path": posixpath.relpath(r.path, store.landing_dir(crawl)), "records": r.records + sum(r.skipped.values()),
              "documents": r.documents, "skipped": sum(r.skipped.values()), "quarantined": sum(r.quarantined.values()),
+             "skipped_by_kind": dict(sorted(r.skipped.items())), "quarantined_by_reason": dict(sorted(r.quarantined.items())),
              "seconds": round(r.seconds, 4)}
             for r in results
         ],

@@ -124,7 +124,7 @@ def redact_options(options: Any) -> Any:
 # times on top), and Polars' object_store reads the Parquet parts of scans (`polars`: its retry
 # and timeout keys). Writes are whole-object PUTs, so a retried write is harmless.
 S3FS_RETRY_DEFAULTS: dict[str, Any] = {
-    "config_kwargs": {"retries": {"max_attempts": 5, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60},
+    "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 30},
 }
 POLARS_RETRY_DEFAULTS: dict[str, Any] = {
     "max_retries": 8, "retry_timeout_ms": 120_000, "retry_init_backoff_ms": 100, "retry_max_backoff_ms": 15_000,

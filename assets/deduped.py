@@ -25,7 +25,8 @@ from textmill.storage import Store
     description="Documents of a crawl without URL, exact and MinHash-LSH near duplicates, also against earlier crawls.",
     # One run over every crawl of a backfill, in crawl (name) order: a crawl's duplicates are
     # judged against the index of the crawls before it, so crawl B must not run before or
-    # beside crawl A. Runs per crawl would be launched side by side, in no guaranteed order.
+    # beside crawl A. Runs per crawl are launched side by side, in no guaranteed order. With
+    # raw on the same policy, raw and deduped share that run (raw for every crawl, then deduped).
     backfill_policy=ONE_RUN_IN_ORDER,
 )
 def deduped(context: AssetExecutionContext, textmill: TextmillResource) -> MaterializeResult:

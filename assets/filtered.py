@@ -6,7 +6,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from assets.deduped import deduped
 from assets.metadata import blocking_checks, upstream_version, version_metadata
 from assets.partitions import crawls_partitions
-from assets.ranges import PER_PARTITION, PartitionResult, materialize_partitions
+from assets.ranges import ONE_RUN_IN_ORDER, PartitionResult, materialize_partitions
 from assets.resources import TextmillResource
 from checks.filtered import CHECK_NAMES, run_filtered_checks
 from textmill import stages
@@ -25,9 +25,12 @@ from textmill.storage import Store
     check_specs=blocking_checks("filtered", CHECK_NAMES),
     description="Every document of a deduped crawl with its quality, safety and PII signals, kept or rejected "
                 "with the first failing rule; kept text has PII redacted, rejected documents stay for recycling.",
-    # One run per crawl: the rules and the quality cutoff look at one crawl's deduped version
-    # only, so crawls are independent; a failing crawl (a check bound) fails and retries alone.
-    backfill_policy=PER_PARTITION,
+    # One run over every crawl, though the rules and the quality cutoff read one crawl only:
+    # between deduped and rewritten it then joins their run (no run and daemon tick per crawl),
+    # and the crawl_pipeline job keeps one policy. Dagster gives a job the smallest
+    # max_partitions_per_run of its assets, so one per-crawl asset would make every job
+    # backfill one run per crawl, with the deduped steps of several crawls side by side.
+    backfill_policy=ONE_RUN_IN_ORDER,
 )
 def filtered(context: AssetExecutionContext, textmill: TextmillResource) -> MaterializeResult:
     recipe = textmill.recipe()

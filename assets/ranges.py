@@ -27,10 +27,12 @@ from checks.base import CheckOutcome
 # so its warning would only clutter every process that imports the definitions.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=BetaWarning)
 
-# One run per crawl: the stage's work of one crawl does not depend on another crawl's, each run
-# already uses every core (the executor's process pool), and a crawl that fails is retried alone.
+# One run per partition: for partitions whose work never reads another partition's (mixes).
 PER_PARTITION = BackfillPolicy.multi_run(max_partitions_per_run=1)
-# One run for every partition of the backfill, processed in crawl order by the asset itself.
+# One run for every partition requested together, processed in crawl order by the asset itself.
+# Dagster requests a child's partitions once their parents are done, so only assets that share
+# this policy with their parents (raw → deduped → filtered → rewritten) get one run for a whole
+# backfill; the crawl assets all use it (assets/deduped.py says why the order matters).
 ONE_RUN_IN_ORDER = BackfillPolicy.single_run()
 
 

@@ -6,7 +6,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from assets.metadata import blocking_checks, version_metadata
 from assets.partitions import crawls_partitions
-from assets.ranges import PER_PARTITION, PartitionResult, materialize_partitions
+from assets.ranges import ONE_RUN_IN_ORDER, PartitionResult, materialize_partitions
 from assets.resources import TextmillResource
 from checks.raw import CHECK_NAMES, run_raw_checks
 from textmill import stages
@@ -22,9 +22,12 @@ from textmill.storage import Store
     kinds={"parquet", "polars"},
     check_specs=blocking_checks("raw", CHECK_NAMES),
     description="Extracted text and language of every document of a crawl (WARC/WET/JSONL/Parquet landing files).",
-    # One run per crawl: a crawl's landing files are read by no other crawl, each run already
-    # uses every core (the executor's pool), and a crawl with bad files fails and retries alone.
-    backfill_policy=PER_PARTITION,
+    # One run over every crawl of a backfill, though crawls are independent here: deduped must
+    # get all of them at once, in crawl order, and Dagster's asset backfill requests a child's
+    # partitions as soon as their own parents finish; raw runs per crawl end at different times
+    # and would split deduped into runs in the order they happened to end. One run per crawl
+    # would not be faster either: each run already uses every core (the executor's pool).
+    backfill_policy=ONE_RUN_IN_ORDER,
 )
 def raw(context: AssetExecutionContext, textmill: TextmillResource) -> MaterializeResult:
     recipe = textmill.recipe()

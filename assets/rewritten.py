@@ -33,6 +33,7 @@ from textmill.storage import Store
     # one crawl after the other; runs per crawl would each load it and compete for the same
     # cores, or together exceed the concurrency an LLM server is configured for. The reply
     # cache makes a retry after a failed crawl redo only the requests that never finished.
+    # (It also keeps the crawl_pipeline job on one policy; see filtered.)
     backfill_policy=ONE_RUN_IN_ORDER,
 )
 def rewritten(context: AssetExecutionContext, textmill: TextmillResource) -> MaterializeResult:

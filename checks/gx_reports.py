@@ -70,7 +70,7 @@ def _report_partition(context: AssetCheckExecutionContext, textmill: TextmillRes
                      f"Data Docs {report.docs_url}")
     return {"partition": partition, "version": version, "success": report.success, "evaluated": report.evaluated,
             "failed": report.failed, "docs_url": report.docs_url, "index_path": report.index_path,
-            "seconds": report.seconds,
+            "seconds": report.seconds, "reused": report.reused,
             "rows_sampled": {t.suite: f"{t.rows_sampled} of {t.rows_total}" for t in report.tables}}
 
 
@@ -113,6 +113,7 @@ def _gx_report_check(asset: str) -> AssetChecksDefinition:
             metadata |= {"data_docs": MetadataValue.url(first["docs_url"]),
                          "data_docs_path": MetadataValue.path(first["index_path"]),
                          "version": first["version"], "rows_sampled": MetadataValue.json(first["rows_sampled"]),
+                         "report_reused": all(r["reused"] for r in documented),
                          "seconds": round(sum(r["seconds"] for r in documented), 3)}
         if len(documented) > 1:
             metadata["data_docs_by_partition"] = MetadataValue.json({r["partition"]: r["docs_url"] for r in documented})

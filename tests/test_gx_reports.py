@@ -99,6 +99,11 @@ def test_raw_suite_passes_on_a_real_version_and_builds_data_docs(chain):
     assert "values must be unique" in shown and "Values in n_chars and _text_chars must always be equal" in shown
     assert report.docs_url.startswith("file://") and report.docs_url.endswith("/index.html")
     assert sum(f.stat().st_size for f in index.parent.rglob("*") if f.is_file()) < 1_500_000  # static pruned
+    again = run_expectation_report(chain["store"], chain["raw"])  # a version never changes: its report neither
+    assert again.reused and not report.reused and again.failed == [] and again.evaluated == report.evaluated
+    assert again.tables == report.tables and again.index_path == report.index_path
+    rebuilt = run_expectation_report(chain["store"], chain["raw"], reuse=False, max_rows=7)
+    assert not rebuilt.reused and rebuilt.tables[0].rows_sampled == 7 and rebuilt.success
 
 
 def test_a_broken_raw_copy_fails_exactly_the_broken_expectations(chain):

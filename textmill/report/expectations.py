@@ -16,6 +16,7 @@ tested without GX.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,8 @@ from textmill.storage import Manifest, Store
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 20_000
+SUITES_VERSION = "1"  # bump when the suites change: finished reports of older suites are then rebuilt
+SUMMARY = "textmill-report.json"  # beside index.html: what the report found, so a rerun can reuse it
 TEXT_CHARS = "_text_chars"  # added to the sample: the text's length in characters, to compare with n_chars
 ID_PATTERN = r"^[0-9a-f]{32}$"  # document_id(): xxh3-128 as hex
 LANG_PATTERN = r"^(?:[a-z]{2,3}(?:_[A-Za-z]+)?|und)$"  # ISO 639 codes as fastText lid.176 writes them, or und
@@ -73,6 +76,7 @@ class ExpectationReport:
     seed: int
     max_rows: int
     failed: list[str] = field(default_factory=list)
+    reused: bool = False  # an earlier report of this version, suites, sample size and seed
 
     @property
     def success(self) -> bool:
@@ -402,18 +406,24 @@ def run_expectation_report(
     reports_dir: str | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     seed: int = 0,
+    reuse: bool = True,
 ) -> ExpectationReport:
     """Validate a seeded sample of every table of a version against its suite; build Data Docs.
 
-    The site is built in a fresh folder and swapped into place, so a rerun replaces it and a
-    reader never sees half a site. Returns what failed (as `suite: expectation(column)`) and the
-    path of the site's index.html.
+    A version never changes, so a finished report of it (same suites, sample size and seed) is
+    returned as it is unless `reuse=False`. The site is built in a fresh folder and swapped into
+    place, so a rebuild replaces it and a reader never sees half a site. Returns what failed (as
+    `suite: expectation(column)`) and the path of the site's index.html.
     """
     started = time.perf_counter()
+    target = report_dir(store, manifest, reports_dir=reports_dir)
+    if reuse and (earlier := _finished_report(target, max_rows=max_rows, seed=seed)) is not None:
+        log.info("gx report %s/%s/%s exists; reused: %s", manifest.stage, manifest.partition, manifest.version,
+                 earlier.index_path)
+        return earlier
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    target = report_dir(store, manifest, reports_dir=reports_dir)
     building = f"{target}.building-{uuid.uuid4().hex[:8]}"
     os.makedirs(building)
     context = _context(building)
@@ -448,21 +458,40 @@ def run_expectation_report(
         _prune_static(building)
         if not os.path.exists(os.path.join(building, "index.html")):
             raise RuntimeError(f"Great Expectations built no Data Docs index in {building}")
+        report = ExpectationReport(
+            stage=manifest.stage, partition=manifest.partition, version=manifest.version, tables=tables,
+            docs_dir=target, index_path=os.path.join(target, "index.html"),
+            seconds=round(time.perf_counter() - started, 3), seed=seed, max_rows=max_rows,
+            failed=[f for t in tables for f in t.failed])
+        with open(os.path.join(building, SUMMARY), "w") as handle:
+            json.dump(asdict(report) | {"suites_version": SUITES_VERSION}, handle, indent=1)
         if os.path.exists(target):
             shutil.rmtree(target)
         os.replace(building, target)
     finally:
         if os.path.exists(building):
             shutil.rmtree(building, ignore_errors=True)
-    report = ExpectationReport(
-        stage=manifest.stage, partition=manifest.partition, version=manifest.version, tables=tables,
-        docs_dir=target, index_path=os.path.join(target, "index.html"), seconds=round(time.perf_counter() - started, 3),
-        seed=seed, max_rows=max_rows, failed=[f for t in tables for f in t.failed])
     log.info("gx report %s/%s/%s: %d expectations, %d failed (%.1f s): %s", manifest.stage, manifest.partition,
              manifest.version, report.evaluated, len(report.failed), report.seconds, report.index_path,
              extra={"stage": manifest.stage, "partition": manifest.partition, "version": manifest.version,
                     "expectations": report.evaluated, "failed": len(report.failed), "seconds": report.seconds})
     return report
+
+
+def _finished_report(target: str, *, max_rows: int, seed: int) -> ExpectationReport | None:
+    """The report already built in `target` with the current suites and the same sample, if any."""
+    try:
+        with open(os.path.join(target, SUMMARY)) as handle:
+            saved = json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return None
+    if (saved.get("suites_version"), saved.get("max_rows"), saved.get("seed")) != (SUITES_VERSION, max_rows, seed) \
+            or not os.path.exists(os.path.join(target, "index.html")):
+        return None
+    saved.pop("suites_version")
+    saved |= {"tables": [TableReport(**t) for t in saved["tables"]], "docs_dir": target,
+              "index_path": os.path.join(target, "index.html"), "reused": True}
+    return ExpectationReport(**saved)
 
 
 def _prune_static(site: str) -> None:

@@ -57,13 +57,19 @@ def _try_decode(data: bytes, charset: str | None) -> str | None:
         return None
 
 
-def _mostly_utf8(data: bytes, *, max_bad: float = 0.01) -> str | None:
-    """UTF-8 with U+FFFD for the few bytes that are not (a latin-1 line pasted into a UTF-8 page), else None."""
+def _mostly_utf8(data: bytes, *, declared: bool) -> str | None:
+    """UTF-8 with U+FFFD for the few bytes that are not (a latin-1 line pasted into a UTF-8 page), else None.
+
+    At most 1% of the characters may be replacements. Declared UTF-8 is then read as UTF-8,
+    as browsers do; undeclared bytes only when they hold more valid multi-byte characters than
+    invalid bytes (text in a single-byte charset almost never forms valid UTF-8 sequences).
+    """
     text = data.decode("utf-8", "replace")
-    non_ascii = len(text) - len(text.encode("ascii", "ignore"))
     bad = text.count("\ufffd")
-    # a real UTF-8 page: most non-ASCII characters decoded, and few replacements overall
-    return text if bad <= max_bad * len(text) and bad * 2 < non_ascii else None
+    if bad > 0.01 * len(text):
+        return None
+    good = len(text) - len(text.encode("ascii", "ignore")) - bad
+    return text if declared or good > bad else None
 
 
 def decode_html(data: bytes, *, declared: str | None = None) -> tuple[str, str]:
@@ -84,10 +90,8 @@ def decode_html(data: bytes, *, declared: str | None = None) -> tuple[str, str]:
     except UnicodeDecodeError:
         pass
     declared_utf8 = any(_codec(c or "") == "utf-8" for c in (declared, meta and meta.group(1).decode("ascii", "ignore")))
-    if declared_utf8 and (text := _mostly_utf8(data)) is not None:
+    if (text := _mostly_utf8(data, declared=declared_utf8)) is not None:
         return text, "utf-8-lossy"
-    if not declared_utf8 and (text := _mostly_utf8(data, max_bad=0.001)) is not None:
-        return text, "utf-8-lossy"  # undeclared, and all but a handful of bytes are UTF-8
     best = from_bytes(data[:1 << 18]).best()
     if best is not None and best.encoding:
         text = _try_decode(data, best.encoding)

@@ -460,8 +460,9 @@ def _user_exists(name: str) -> bool:
 @pytest.mark.slow
 def test_dagster_instance_on_postgres_records_runs_and_materializations(postgres, tmp_path, monkeypatch):
     import psycopg2
-    from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+    from dagster import AssetKey, DagsterInstance, DagsterRunStatus, materialize
 
+    from assets.raw import raw
     from textmill.storage import Store
 
     home = tmp_path / "dagster_home"
@@ -479,14 +480,14 @@ def test_dagster_instance_on_postgres_records_runs_and_materializations(postgres
     landing.mkdir(parents=True)
     shutil.copy(SAMPLE / "warc" / "cc-main-2020-34-sample.warc.gz", landing)
 
-    with DagsterInstance.get() as instance:  # creates the schema in PostgreSQL
+    # the instance from DAGSTER_HOME, as the webserver and daemon load it; the resource from the env
+    with DagsterInstance.get() as instance:  # creates Dagster's schema in PostgreSQL
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         instance.add_dynamic_partitions("crawls", [crawl])
-    process = subprocess.run([DAGSTER, "asset", "materialize", "-m", "assets.definitions", "--select", "raw",
-                              "--partition", crawl], cwd=tmp_path, env=dict(os.environ), capture_output=True,
-                             text=True, timeout=300)
-    assert process.returncode == 0, process.stderr[-4000:]
+        result = materialize([raw], partition_key=crawl, instance=instance, resources={"textmill": resource_from_env()})
+        assert result.success
     version = Store(str(tmp_path / "root")).latest("raw", crawl).version
 
     # in PostgreSQL's own tables
@@ -522,3 +523,9 @@ def test_dagster_instance_on_postgres_records_runs_and_materializations(postgres
         assert event.run_id == run_id
         assert event.asset_materialization.partition == crawl
         assert event.asset_materialization.metadata["version"].value == version
+
+
+def test_missing_postgresql_fails_with_the_install_hint(monkeypatch):
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    with pytest.raises(pytest.fail.Exception, match=r"\.ci/run installs Debian's `postgresql`"):
+        _postgres_bin()

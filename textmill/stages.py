@@ -37,9 +37,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump a stage's code version when its output for the same inputs and config changes.
-CODE_VERSIONS = {"raw": "2", "deduped": "2", "filtered": "1", "rewritten": "1", "mixed": "1"}
+CODE_VERSIONS = {"raw": "2", "deduped": "2", "filtered": "2", "rewritten": "1", "mixed": "1"}
 
 Progress = Callable[[int, int], None]
+
+
+class RewriteIncomplete(RuntimeError):
+    """More LLM requests failed than the recipe tolerates: no version is written.
+
+    A committed version would keep those failures for good (a rerun reuses it); the replies that
+    did arrive are cached, so the next run asks only for the failed ones."""
 
 
 @dataclass(frozen=True)
@@ -635,6 +642,13 @@ def rewritten(
     finally:
         if own_backend:
             backend.close()
+    failed, attempts = result.stats.failed, result.stats.requests
+    if failed and failed / attempts > config.checks.max_failed_request_share:
+        raise RewriteIncomplete(
+            f"rewritten {crawl}: {failed} of {result.stats.unique_requests} requests failed after retries "
+            f"({failed / attempts:.3f} of {attempts} attempts > checks.max_failed_request_share "
+            f"{config.checks.max_failed_request_share}); no version written. The replies that arrived are "
+            f"cached: a rerun requests only the failed ones")
     rows, dropped = result.rows.sort("id"), result.dropped.sort("parent_id", "rewrite_prompt")
     part_rows = 20_000
     parts = [store.write_parquet(rows.slice(i, part_rows), posixpath.join(writer.folder, f"part-{n:05d}.parquet"))
@@ -792,13 +806,15 @@ def mixed(
         "decontamination": {
             "removed": contamination["id"].n_unique() if contamination.height else 0,
             "ngram": config.decontamination.ngram,
-            "by_benchmark": dict(contamination.group_by("benchmark").agg(pl.col("id").n_unique()).iter_rows())
+            "by_benchmark": dict(contamination.group_by("benchmark").agg(pl.col("id").n_unique()).sort("benchmark")
+                                 .iter_rows())
             if contamination.height else {},
         },
         "packed": exported.get("packed"),
         "candidates": {"documents": candidate_frame.height,
                        "tokens": int(candidate_frame["tokens"].sum() or 0),
                        "by_component": dict(candidate_frame.group_by("component").agg(pl.col("tokens").sum())
+                                            .sort("component")
                                             .iter_rows())},
     }
     upstream: dict[str, list[dict]] = {stage: [] for stage in ("raw", "deduped", "filtered", "rewritten")}

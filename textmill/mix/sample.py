@@ -122,7 +122,8 @@ def _sample_phase(candidates: pl.DataFrame, *, phase: str, components: list[MixC
         "synthetic_share": round(synthetic_tokens / total, 6) if total else 0.0,
         "synthetic_cap": synthetic_cap, "synthetic_cap_applied": syn_capped,
         "language_temperature": language_temperature, "components": per_component,
-        "languages": dict(order.group_by("lang").agg(pl.col("tokens").sum()).sort("tokens", descending=True).iter_rows()),
+        "languages": dict(order.group_by("lang").agg(pl.col("tokens").sum())
+                          .sort(["tokens", "lang"], descending=[True, False]).iter_rows()),
     }
     return order, stats
 

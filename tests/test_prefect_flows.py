@@ -3,7 +3,7 @@
 The flows run against real Prefect servers on 127.0.0.1: `prefect_test_harness` (a temporary
 server subprocess) for the flows themselves, and `prefect server start` plus `python -m
 flows.serve` for a run that the server's scheduler creates. The rewrite stage uses the bundled
-SmolLM2 in process with one document and a 32-token reply, so each run takes seconds.
+SmolLM2 in process with one 200-character document and a 16-token reply, so each run takes seconds.
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ SCHEDULED_RUN_S = 150.0
 NO_TELEMETRY = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
                 "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
-# serial execution, the fast extractor, one rewrite of a 300-character document with a 32-token reply, a small mix
+# serial execution, the fast extractor, one rewrite of a 200-character document with a 16-token reply, a small mix
 RECIPE = {
     "execution": {"backend": "serial"},
     "raw": {"extractor": "resiliparse"},
-    "rewritten": {"max_documents": 1, "max_input_chars": 300,
-                  "backend": {"kind": "llama_cpp", "max_tokens": 32, "n_ctx": 1024}},
+    "rewritten": {"max_documents": 1, "max_input_chars": 200,
+                  "backend": {"kind": "llama_cpp", "max_tokens": 16, "n_ctx": 1024}},
     "mixed": [{"name": MIX, "components": [{"name": "web", "kind": "kept", "weight": 1.0},
                                            {"name": "rewritten", "kind": "rewritten", "weight": 1.0}],
                "total_tokens": 5000, "synthetic_cap": 0.3, "tolerance": 0.5}],
@@ -95,9 +95,12 @@ def _core_chain(recipe_path: Path, root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def harness() -> Iterator[None]:
+def harness(request) -> Iterator[None]:
     """A temporary Prefect server (subprocess, SQLite in a temp folder) for this module's flows."""
     from prefect.testing.utilities import prefect_test_harness
+
+    if any(item.originalname == "test_the_scheduler_runs_the_served_pipeline" for item in request.session.items):
+        request.getfixturevalue("server_process")  # boots meanwhile; the scheduled-run test waits for it
 
     with pytest.MonkeyPatch.context() as patch:
         for key, value in NO_TELEMETRY.items():  # the harness's server inherits this environment
@@ -318,12 +321,12 @@ def _stop(proc: subprocess.Popen) -> None:
             pass
 
 
-@pytest.fixture
-def prefect_server(tmp_path) -> Iterator[dict[str, str]]:
-    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME and SQLite file; a fast scheduler."""
+@pytest.fixture(scope="module")
+def server_process(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME and SQLite file and a fast
+    scheduler, started without waiting (the harness fixture starts it early, so both boot at once)."""
     port = _free_port()
-    home = tmp_path / "prefect-home"
-    home.mkdir()
+    home = tmp_path_factory.mktemp("prefect-home")
     env = os.environ | {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
@@ -333,31 +336,38 @@ def prefect_server(tmp_path) -> Iterator[dict[str, str]]:
         "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": "1",
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
     } | NO_TELEMETRY
-    log_path = tmp_path / "server.log"
+    log_path = home / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
                                  "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        import urllib.request
-
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not ready in {SERVER_START_S}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield {"url": env["PREFECT_API_URL"], "home": str(home), "log": str(log_path)} | {
-            key: value for key, value in env.items() if key.startswith("PREFECT_") or key in NO_TELEMETRY}
+        yield {"proc": proc, "port": port, "log": log_path, "env": {
+            key: value for key, value in env.items() if key.startswith("PREFECT_") or key in NO_TELEMETRY}}
     finally:
         _stop(proc)
+
+
+@pytest.fixture
+def prefect_server(server_process) -> dict[str, str]:
+    """The server's client environment (PREFECT_API_URL, PREFECT_HOME, ...), once /api/health answers."""
+    import urllib.request
+
+    proc, log_path = server_process["proc"], server_process["log"]
+    deadline = time.monotonic() + SERVER_START_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"prefect server exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server_process['port']}/api/health",
+                                        timeout=2) as response:
+                if response.status == 200:
+                    return dict(server_process["env"])
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"prefect server not ready in {SERVER_START_S}s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
 
 
 @pytest.mark.slow
@@ -368,18 +378,17 @@ def test_the_scheduler_runs_the_served_pipeline(prefect_server, tmp_path):
 
     root = tmp_path / "store"
     _land(root, "CC-S", "cc-main-2019-commoncrawl-org.warc.gz")
-    recipe = _write_recipe(tmp_path / "recipe.yaml", mix_tokens=500)  # the crawl has one short document
+    # one kept document and nothing to rewrite (the model loads, generates nothing): a run takes seconds
+    recipe = _write_recipe(tmp_path / "recipe.yaml", raw={"extractor": "trafilatura"}, mix_tokens=500)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | prefect_server | {
         "PREFECT_RUNNER_POLL_FREQUENCY": "1", "TEXTMILL_RECIPE": "", "TEXTMILL_ROOT": ""}
-    for key in ("url", "home", "log"):
-        env.pop(key)
     serve_log = tmp_path / "serve.log"
     with open(serve_log, "wb") as log:
         serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--interval", "5", "--name", "every-5s",
                                   "--recipe", str(recipe), "--root", str(root)], cwd=REPO, env=env, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        with temporary_settings(updates={PREFECT_API_URL: prefect_server["url"]}), \
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}), \
                 get_client(sync_client=True) as client:
             deadline = time.monotonic() + SCHEDULED_RUN_S
             deployment, done = None, None

@@ -40,6 +40,7 @@ from textmill.cli import install_sample
 from textmill.config import Recipe
 from textmill.executor import LocalProcessExecutor
 from textmill.rewrite.cache import RewriteCache
+from textmill.stages import RewriteIncomplete
 from textmill.storage import MANIFEST, Manifest, Store
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -56,12 +57,12 @@ RUN_TIMEOUT_S = 180.0
 
 
 def drill_recipe(base_url: str) -> Recipe:
-    """Small parts (many files, so kills land between writes); a 6-document LLM budget."""
+    """Small parts (many files, so kills land between writes); a 5-document LLM budget of short requests."""
     return Recipe.model_validate({
         "execution": {"workers": 2},
         "raw": {"rows_per_part": 40},
-        "rewritten": {"max_documents": 6, "batch_size": 1, "rescore": False,
-                      "backend": {"kind": "openai", "base_url": base_url, "model": "smollm2-135m", "max_tokens": 12,
+        "rewritten": {"max_documents": 5, "max_input_chars": 300, "batch_size": 1, "rescore": False,
+                      "backend": {"kind": "openai", "base_url": base_url, "model": "smollm2-135m", "max_tokens": 8,
                                   "concurrency": 1, "max_retries": 1, "timeout_s": 300}},
         "mixed": [{"name": MIX, "total_tokens": 20000, "synthetic_cap": 0.3,
                    "components": [{"name": "web", "kind": "kept", "weight": 1.0},
@@ -75,11 +76,15 @@ def partition(stage: str) -> str:
 
 # the LLM relay ------------------------------------------------------------------------------------------
 class CountingRelay:
-    """Forwards chat-completions requests to the llama.cpp server and records each request's user message."""
+    """Forwards chat-completions requests to the llama.cpp server and records each request's user message.
+
+    `down_after = n`: after n forwarded requests the server is out of reach (HTTP 503 from here on)."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.messages: list[str] = []
+        self.forwarded = 0
+        self.down_after: int | None = None
         self._lock = threading.Lock()
         relay = self
 
@@ -113,6 +118,15 @@ class CountingRelay:
                 user = [m["content"] for m in json.loads(body)["messages"] if m["role"] == "user"][-1]
                 with relay._lock:
                     relay.messages.append(user)
+                    down = relay.down_after is not None and relay.forwarded >= relay.down_after
+                    relay.forwarded += not down
+                if down:
+                    data = b'{"error": {"message": "upstream unavailable"}}'
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 self._forward(body)
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -580,3 +594,35 @@ def _rendered_keys(reference: Reference) -> dict[str, str]:
                                                   model=identity["model"], params=params)
     _KEYS[reference.versions["filtered"]] = keys
     return keys
+
+
+@pytest.mark.slow
+def test_llm_outage_commits_no_version_and_the_rerun_asks_only_for_what_failed(llm_reference: Reference,
+                                                                              relay: CountingRelay,
+                                                                              tmp_path: Path) -> None:
+    """The server goes away after 2 replies: the stage fails without a version (a committed one would
+    freeze the failures: every rerun would reuse it); the 2 replies stay cached, and once the server
+    is back the rerun asks only for the rest and gives the uninterrupted run's version and bytes."""
+    reference = llm_reference
+    reference.ensure("rewritten")
+    expected = reference.manifest("rewritten").statistics["rewrites"]
+    root = fresh_store(reference, tmp_path / "outage", "rewritten")
+    relay.down_after = relay.forwarded + 2
+    try:
+        with pytest.raises(RewriteIncomplete, match="failed"):
+            reference.run("rewritten", root)
+    finally:
+        relay.down_after = None
+    store = Store(str(root))
+    assert store.versions("rewritten", CRAWL) == []
+    cached = RewriteCache(store).keys()
+    assert len(cached) == 2
+
+    before = relay.count()
+    resumed = reference.run("rewritten", root)
+    assert_same_as_reference(reference, root, "rewritten", resumed)
+    stats = resumed["statistics"]["rewrites"]
+    assert stats["cache_hits"] == 2 and stats["failed"] == 0
+    sent = relay.since(before)
+    assert len(sent) == expected["unique_requests"] - 2
+    assert not {request_key(reference, m) for m in sent} & cached

@@ -91,21 +91,26 @@ def _start(command: list[str], *, env: dict[str, str], log: Path) -> subprocess.
                                 start_new_session=True)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the process group (server, its code server, run workers), SIGKILL to what is left."""
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, sig)
     except ProcessLookupError:
         pass
-    process.wait(timeout=10)
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM to each process group (server, its code server, run workers), SIGKILL to what is left."""
+    for process in processes:
+        _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + 8
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for process in processes:
+        _signal_group(process, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 class GraphQL:
@@ -150,7 +155,8 @@ def ui(tmp_path_factory) -> Iterator[SimpleNamespace]:
     home.mkdir()
     (home / "dagster.yaml").write_text(INSTANCE)
     (work / "recipe.yaml").write_text(RECIPE)
-    env = os.environ | {"DAGSTER_HOME": str(home), "TEXTMILL_ROOT": str(root),
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("TEXTMILL_")}
+    env = inherited | {"DAGSTER_HOME": str(home), "TEXTMILL_ROOT": str(root),
                         "TEXTMILL_RECIPE": str(work / "recipe.yaml"), "NO_PROXY": "127.0.0.1,localhost",
                         "no_proxy": "127.0.0.1,localhost"}
     port = _free_port()
@@ -182,8 +188,7 @@ def ui(tmp_path_factory) -> Iterator[SimpleNamespace]:
         yield SimpleNamespace(url=url, graphql=graphql, root=root, home=home, work=work, processes=processes,
                               selector=selector)
     finally:
-        for process, _ in processes.values():
-            _stop(process)
+        _stop([process for process, _ in processes.values()])
 
 
 BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {

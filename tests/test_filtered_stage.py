@@ -97,6 +97,7 @@ def test_kept_text_has_pii_redacted_and_rejected_text_is_untouched(tmp_path):
     assert "<EMAIL>" in first["text"] and "<PHONE_NUMBER>" in first["text"] and "<IP_ADDRESS>" in first["text"]
     assert "jane.doe@example.org" not in first["text"]
     assert (first["pii_emails_redacted"], first["pii_ipv4_redacted"], first["pii_phones_redacted"]) == (1, 1, 1)
+    assert first["n_chars"] == len(first["text"])  # the stored length follows the redacted text
     left = kept.select(**pii_counts(pl.col("text"))).sum().row(0)
     assert left == (0, 0, 0)
     assert result.manifest.statistics["pii_redacted"]["pii_emails_redacted"] == 1

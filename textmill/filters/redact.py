@@ -22,7 +22,11 @@ def redact_pii(frame: pl.DataFrame, *, config: FilterConfig, only_kept: bool = T
     placeholders = config.pii
     new_text = redacted(text, email=placeholders.email_placeholder, ip=placeholders.ip_placeholder,
                         phone=placeholders.phone_placeholder)
-    return frame.with_columns(
+    frame = frame.with_columns(
         text=pl.when(target).then(new_text).otherwise(pl.col("text")),
         **{f"{name}_redacted": pl.when(target).then(expr).otherwise(0) for name, expr in counts.items()},
     )
+    # a placeholder is not as long as what it replaces: the stored length must follow the text
+    if "n_chars" not in frame.columns:
+        return frame
+    return frame.with_columns(n_chars=pl.col("text").str.len_chars().cast(frame.schema["n_chars"]))

@@ -1,7 +1,7 @@
 """The `deduped` asset: URL, exact and near duplicates removed from a crawl's raw version."""
 
 from contextlib import closing
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from assets.metadata import blocking_checks, upstream_version, version_metadata
 from assets.partitions import crawls_partitions
@@ -46,33 +46,9 @@ def _deduped_partition(context: AssetExecutionContext, store: Store, recipe: Rec
         config=recipe.deduped,
         executor=executor,
     )
-    statistics = result.manifest.statistics
     outcomes = run_deduped_checks(store.scan(result.manifest), result.manifest, recipe.deduped)
     return PartitionResult(
         version=result.version,
         outcomes=outcomes,
-        metadata=version_metadata(store, result) | {
-            "documents_in": statistics["documents_in"],
-            "dedup_rate": statistics["dedup_rate"],
-            "removed_by_kind": MetadataValue.json(statistics["removed_by_kind"]),
-            "cluster_size_histogram": MetadataValue.json(statistics["cluster_size_histogram"]),
-            "largest_clusters": MetadataValue.md(_largest_clusters(store, result)),
-            "earlier_crawls": MetadataValue.json(statistics["earlier_crawls"]),
-        },
+        metadata=version_metadata(store, result),  # statistics: textmill.report.stats
     )
-
-
-def _largest_clusters(store, result) -> str:
-    import polars as pl
-
-    largest = result.manifest.statistics["largest_clusters"]
-    if not largest:
-        return "no duplicate clusters"
-    ids = [row["id"] for row in largest]
-    rows = store.scan(result.manifest).filter(pl.col("id").is_in(ids)).select(
-        "id", "url", "dup_cluster_size", pl.col("text").str.slice(0, 160)).collect()
-    lines = ["| kept id | url | size | text |", "|---|---|---|---|"]
-    for row in rows.sort("dup_cluster_size", descending=True).iter_rows(named=True):
-        text = " ".join(row["text"].split()).replace("|", "\\|")
-        lines.append(f"| {row['id'][:12]} | {row['url']} | {row['dup_cluster_size']} | {text}… |")
-    return "\n".join(lines)

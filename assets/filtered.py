@@ -1,7 +1,7 @@
 """The `filtered` asset: quality, safety and PII signals of a crawl's deduped version; kept and rejected."""
 
 from contextlib import closing
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from assets.deduped import deduped
 from assets.metadata import blocking_checks, upstream_version, version_metadata
@@ -12,7 +12,6 @@ from checks.filtered import CHECK_NAMES, run_filtered_checks
 from textmill import stages
 from textmill.config import Recipe
 from textmill.executor import Executor
-from textmill.report import markdown
 from textmill.storage import Store
 
 
@@ -49,22 +48,10 @@ def _filtered_partition(context: AssetExecutionContext, store: Store, recipe: Re
         config=recipe.filtered,
         executor=executor,
     )
-    statistics = result.manifest.statistics
     outcomes = run_filtered_checks(store.scan(result.manifest), store.scan_extra(result.manifest, "rejected"),
                                    result.manifest, recipe.filtered)
     return PartitionResult(
         version=result.version,
         outcomes=outcomes,
-        metadata=version_metadata(store, result) | {
-            "documents_in": statistics["documents_in"],
-            "keep_rate": statistics["keep_rate"],
-            "rejected": statistics["rejected"],
-            "recyclable": statistics["recyclable"],
-            "rejected_by_reason": MetadataValue.json(statistics["rejected_by_reason"]),
-            "removal_waterfall": MetadataValue.md(markdown.waterfall(statistics)),
-            "signal_histograms": MetadataValue.md(markdown.signal_histograms(statistics)),
-            "rejected_examples": MetadataValue.md(markdown.rejected_examples(statistics)),
-            "pii_redacted": MetadataValue.json(statistics["pii_redacted"]),
-            "quality_cutoff": MetadataValue.json(statistics["quality_cutoff"]),
-        },
+        metadata=version_metadata(store, result),  # statistics: textmill.report.stats
     )

@@ -55,23 +55,9 @@ def _mixed_partition(context: AssetExecutionContext, store: Store, recipe: Recip
     if not versions:
         raise RuntimeError("mixed: no crawl has a filtered materialization yet; materialize the crawls first")
     result = stages.mixed(store=store, config=config, versions=versions)
-    statistics = result.manifest.statistics
-    main = statistics["mix"]["phases"]["main"]
     outcomes = run_mixed_checks(store.scan(result.manifest), result.manifest, config)
-    card = store.read_bytes(f"{store.version_dir('mixed', config.name, result.version)}/README.md").decode()
     return PartitionResult(
         version=result.version,
         outcomes=outcomes,
-        metadata=version_metadata(store, result) | {
-            "tokens": statistics["tokens"],
-            "budget_tokens": main["budget_tokens"],
-            "within_tolerance": main["within_tolerance"],
-            "synthetic_share": main["synthetic_share"],
-            "components": MetadataValue.json(main["components"]),
-            "decontamination": MetadataValue.json(statistics["mix"]["decontamination"]),
-            "packed": MetadataValue.json(statistics["mix"].get("packed")),
-            "crawls": MetadataValue.json(versions),
-            "data_card": MetadataValue.md(card),
-            "data_card_path": MetadataValue.path(statistics["card"]),
-        },
+        metadata=version_metadata(store, result) | {"crawls": MetadataValue.json(versions)},
     )

@@ -2,7 +2,7 @@
 
 from contextlib import closing
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from assets.metadata import blocking_checks, version_metadata
 from assets.partitions import crawls_partitions
@@ -49,15 +49,4 @@ def _raw_partition(context: AssetExecutionContext, store: Store, recipe: Recipe,
         context.log.info(f"raw {crawl}: version {result.version} already exists; reused")
     outcomes = run_raw_checks(store.scan(result.manifest), result.manifest, recipe.raw.checks)
     return PartitionResult(version=result.version, outcomes=outcomes,
-                           metadata=version_metadata(store, result) | _raw_metadata(result.manifest.statistics))
-
-
-def _raw_metadata(statistics: dict) -> dict:
-    return {
-        "languages": MetadataValue.json(statistics.get("languages", {})),
-        "skipped_records": MetadataValue.json(statistics.get("skipped", {})),
-        "extractor": statistics.get("extractor", ""),
-        "input_files": statistics.get("input_files", 0),
-        "input_bytes": statistics.get("input_bytes", 0),
-    }
-
+                           metadata=version_metadata(store, result))

@@ -3,7 +3,7 @@
 from contextlib import closing
 
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from assets.filtered import filtered
 from assets.metadata import blocking_checks, upstream_version, version_metadata
@@ -13,7 +13,6 @@ from assets.resources import TextmillResource
 from checks.rewritten import CHECK_NAMES, run_rewritten_checks
 from textmill import stages
 from textmill.config import Recipe
-from textmill.report import markdown
 from textmill.rewrite.backends import LLMBackend
 from textmill.rewrite.engine import make_rewrite_backend
 from textmill.storage import Store
@@ -56,25 +55,9 @@ def _rewritten_partition(context: AssetExecutionContext, store: Store, recipe: R
         parents.append(rejected.select("id"))
     outcomes = run_rewritten_checks(store.scan(result.manifest), pl.concat(parents), result.manifest,
                                     recipe.rewritten)
-    statistics = result.manifest.statistics
-    rewrites = statistics["rewrites"]
     return PartitionResult(
         version=result.version,
         outcomes=outcomes,
-        metadata=version_metadata(store, result) | {
-            "selected": statistics["selected"],
-            "dropped": rewrites["dropped"],
-            "pass_rate": statistics["pass_rate"],
-            "synthetic_share": statistics["synthetic_share"],
-            "dropped_by_reason": MetadataValue.json(statistics["dropped_by_reason"]),
-            "model": rewrites["model"],
-            "requests": rewrites["requests"],
-            "cache_hits": rewrites["cache_hits"],
-            "tokens_in": rewrites["tokens_in"],
-            "tokens_out": rewrites["tokens_out"],
-            "documents_per_second": rewrites["docs_per_second"],
-            "output_tokens_per_second": rewrites["output_tokens_per_second"],
-            "before_after": MetadataValue.md(markdown.before_after(statistics["examples"])),
-        },
+        metadata=version_metadata(store, result),  # statistics: textmill.report.stats
     )
 

@@ -13,6 +13,7 @@ running the reader).
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
 import re
@@ -260,3 +261,16 @@ def test_flattening_leaves_real_pages_alone():
     deep = "<div>" * 1000 + "x" + "</div>" * 1000
     flat = flatten_deep(deep)
     assert flat.count("<div>") == 200 and flat.count("</div>") == 200 and "x" in flat
+
+
+def test_last_record_with_content_length_zero_is_one_outcome(warc):
+    """Found by the fuzzer: the bytes after an empty last response were reported a second time as a cut record."""
+    page = b"<html><body><p>words enough for a page of text here.</p></body></html>"
+    records = [warc.record(warc.http(page), url=f"http://z.example/{i}") for i in range(2)]
+    records[1] = re.sub(rb"Content-Length: \d+", b"Content-Length: 0", records[1])
+    for data, name in ((b"".join(records), "z.warc"), (warc.gz(records), "z.warc.gz")):
+        skipped: Counter[str] = Counter()
+        items = list(readers.read_records(io.BytesIO(data), name=name, source="s", html_mime_types=("text/html",),
+                                          max_bytes=10**6, skipped=skipped))
+        assert len(items) + sum(skipped.values()) == 2, name
+        assert [type(i).__name__ for i in items] == ["Record", "Rejected"], name

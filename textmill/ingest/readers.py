@@ -542,6 +542,8 @@ def read_warc(
                 corrupt = (last_offset, f"{type(failure).__name__}: {failure}")
             found = _resync(handle, max(last_offset, resume) + 1, gz, name)  # always forward, so this loop ends
             if found is None:
+                if absorbed:  # the rest of the file is the held record's fault, already reported with it
+                    return
                 break
             resume = last_offset = found
             continue

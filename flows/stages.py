@@ -18,7 +18,6 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-import flows  # noqa: F401  (sets PREFECT_LOGGING_EXTRA_LOGGERS before Prefect reads it, where it can)
 from checks.base import CheckOutcome
 from flows._logs import carry_textmill_logs
 from flows.artifacts import publish_version

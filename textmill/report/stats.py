@@ -165,7 +165,9 @@ def version_stats(store: "Store", result: "StageResult") -> VersionStats:
         reused=result.reused, columns={name: str(dtype) for name, dtype in schema.items()},
         values={"version": manifest.version, "reused": result.reused, "bytes": manifest.bytes,
                 "files": len(manifest.files), "quarantined": manifest.quarantine.get("records", 0),
-                "textmill_version": manifest.textmill_version} | own.get("values", {}),
+                "textmill_version": manifest.textmill_version, "code_version": manifest.code_version,
+                "stage_seconds": result.seconds, "build_seconds": float(manifest.timings.get("wall_seconds", 0.0))}
+        | own.get("values", {}),
         json={"quarantined_by_reason": manifest.quarantine.get("by_reason", {}), "timings": manifest.timings}
         | own.get("json", {}),
         markdown={"preview": markdown_preview(store, result)} | own.get("markdown", {}),

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump a stage's code version when its output for the same inputs and config changes.
-CODE_VERSIONS = {"raw": "2", "deduped": "2", "filtered": "2", "rewritten": "1", "mixed": "1"}
+CODE_VERSIONS = {"raw": "2", "deduped": "2", "filtered": "2", "rewritten": "2", "mixed": "1"}
 
 Progress = Callable[[int, int], None]
 

@@ -8,6 +8,11 @@ The document is data. It is put between `<document>` tags (any such tags inside 
 defused first, so it cannot close the block early), and the system message says that
 requests or instructions inside it are part of the text, never to be followed. The
 post-processor (`postprocess.py`) checks the replies for exactly that.
+
+Chat-template turn markers in a document (`<|im_start|>`, `<|eot_id|>`, `</s>`, `[INST]`,
+`<start_of_turn>`, ...) are defused too: servers such as llama.cpp and vLLM render the chat
+template to text and tokenize it with special tokens enabled, so such a string in the user
+message would otherwise become a real token and open a new system or assistant turn.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ Style = Literal["guided_rewrite", "wikipedia", "qa"]
 
 DOCUMENT_OPEN, DOCUMENT_CLOSE = "<document>", "</document>"
 _TAG = re.compile(r"<\s*(/?)\s*document\s*>", re.IGNORECASE)
+# special-token shapes of chat templates: ChatML / Llama 3 / Phi (<|...|>), DeepSeek (<｜...｜>),
+# Llama 2 / Mistral (<s>, </s>, [INST], <<SYS>>), Gemma (<start_of_turn>, <end_of_turn>)
+_TURN_MARKER = re.compile(
+    r"<\|([^<>|\s]{1,48})\|>|<｜([^<>｜\s]{1,48})｜>|<(/?s)>|<(/?(?:start|end)_of_turn)>|<<(/?SYS)>>|\[(/?INST)\]",
+    re.IGNORECASE)
 
 _SYSTEM = (
     "You are an editor who improves web documents for a collection of well-written texts. "
@@ -59,8 +69,16 @@ class Prompt:
 
 
 def defuse(text: str) -> str:
-    """The document with any <document> / </document> tags made inert, so it stays inside its block."""
-    return _TAG.sub(lambda m: f"[{m.group(1)}document]", text)
+    """The document with any <document> / </document> tags and chat-template turn markers made
+    inert (`<|im_start|>` → `[im_start]`, `[INST]` → `(INST)`), so it stays inside its block and
+    inside the user turn."""
+    text = _TAG.sub(lambda m: f"[{m.group(1)}document]", text)
+    return _TURN_MARKER.sub(_inert_marker, text)
+
+
+def _inert_marker(match: re.Match[str]) -> str:
+    name = next(group for group in match.groups() if group)
+    return f"({name})" if match.group(6) else f"[{name}]"
 
 
 REWIRE = Prompt(

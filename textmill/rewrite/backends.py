@@ -3,9 +3,12 @@
 - `OpenAIBackend` talks to any server with the OpenAI chat-completions API (vLLM, the
   llama.cpp server, Ollama, OpenAI itself). It uses the standard library's HTTP client, so
   the core gains no client dependency; a batch runs with bounded concurrency in threads
-  (the work is waiting on the server, so the GIL is no limit). Connection errors, timeouts
-  and 408/409/425/429/5xx replies are retried with exponential backoff and jitter; other
-  replies fail at once, because repeating a bad request cannot fix it.
+  (the work is waiting on the server, so the GIL is no limit). Connection errors, timeouts,
+  replies cut short, replies that are not a chat completion (bad JSON, no `choices`, no
+  message `content`) and 408/409/425/429/5xx replies are retried with exponential backoff
+  and jitter (a 429/503 `Retry-After` is honoured); other replies fail at once, because
+  repeating a bad request cannot fix it. A reply is returned only when it arrived whole and
+  well-formed, so a broken one never reaches the cache.
 - `LlamaCppBackend` runs a GGUF model in-process with llama-cpp-python, when installed:
   the no-setup default of the rewrite stage.
 
@@ -41,12 +44,20 @@ _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 class BackendError(RuntimeError):
-    """A request that failed for good: not retryable, or still failing after the last retry."""
+    """A request that failed for good: not retryable, or still failing after the last retry.
+    `failures`: the kind of each failed attempt (see `Completion.failures`)."""
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1,
+                 failures: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.attempts = attempts
+        self.failures = failures
+
+
+class MalformedReply(BackendError):
+    """HTTP 200, but the body is not a chat completion with text (bad JSON, no choices, no content):
+    a broken proxy or an overloaded server, worth another attempt."""
 
 
 class BackendTimeout(BackendError):
@@ -55,7 +66,9 @@ class BackendTimeout(BackendError):
 
 @dataclass(frozen=True)
 class Completion:
-    """One reply. `attempts` > 1 means earlier attempts failed and were retried."""
+    """One reply. `attempts` > 1 means earlier attempts failed and were retried; `failures` names
+    each failed attempt's kind: `http_<status>`, `timeout`, `connection` (refused or reset),
+    `incomplete_reply` (cut short), `malformed_reply` (not a chat completion)."""
 
     text: str
     finish_reason: str | None = None
@@ -63,6 +76,7 @@ class Completion:
     completion_tokens: int | None = None
     attempts: int = 1
     seconds: float = 0.0
+    failures: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -176,6 +190,30 @@ def _completion_from_reply(body: Mapping[str, Any], *, attempts: int, seconds: f
         attempts=attempts,
         seconds=seconds,
     )
+
+
+def _strict_completion(raw: bytes, *, attempts: int, seconds: float, failures: tuple[str, ...]) -> Completion:
+    """A chat completion from an HTTP body, or MalformedReply: the text must be a string in
+    choices[0].message.content (or choices[0].text), so that a reply mangled on the way is never
+    taken for an empty or partial answer."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise MalformedReply(f"reply is not JSON: {raw[:200]!r}", attempts=attempts) from exc
+    choices = body.get("choices") if isinstance(body, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    if not isinstance(choice, dict):
+        raise MalformedReply(f"reply has no choices[0]: {raw[:300]!r}", attempts=attempts)
+    message = choice.get("message")
+    text = message.get("content") if isinstance(message, dict) else None
+    if text is None:
+        text = choice.get("text")  # legacy completions shape
+    if not isinstance(text, str):
+        raise MalformedReply(f"reply has no text in choices[0]: {raw[:300]!r}", attempts=attempts)
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    return Completion(text=text, finish_reason=choice.get("finish_reason"), prompt_tokens=usage.get("prompt_tokens"),
+                      completion_tokens=usage.get("completion_tokens"), attempts=attempts, seconds=seconds,
+                      failures=failures)
 
 
 def _batch(
@@ -302,51 +340,49 @@ class OpenAIBackend:
         data = self._payload(prompt, system)
         total = cfg.max_retries + 1
         start = time.perf_counter()
+        failures: list[str] = []
         for attempt in range(1, total + 1):
             if self._limiter is not None:
                 self._limiter.acquire()
             request = urllib.request.Request(self._url, data=data, headers=self._headers, method="POST")
             retry_after: str | None = None
+            status: int | None = None
             try:
                 with urllib.request.urlopen(request, timeout=cfg.timeout_s) as response:
                     raw = response.read()
-                try:
-                    body = json.loads(raw)
-                except ValueError as exc:
-                    raise BackendError(f"POST {self._url}: reply is not JSON: {raw[:200]!r}",
-                                       attempts=attempt) from exc
-                return _completion_from_reply(body, attempts=attempt, seconds=time.perf_counter() - start)
+                return _strict_completion(raw, attempts=attempt, seconds=time.perf_counter() - start,
+                                          failures=tuple(failures))
             except urllib.error.HTTPError as exc:
                 try:
                     detail = exc.read()[:300].decode("utf-8", "replace")
                 except (OSError, http.client.HTTPException):
                     detail = ""
-                failure = f"HTTP {exc.code} {exc.reason}: {detail}"
-                if exc.code not in _RETRY_STATUS or attempt == total:
+                kind, status, failure = f"http_{exc.code}", exc.code, f"HTTP {exc.code} {exc.reason}: {detail}"
+                if exc.code not in _RETRY_STATUS:
                     raise BackendError(f"POST {self._url} failed after {attempt} attempt(s): {failure}",
-                                       status=exc.code, attempts=attempt) from exc
+                                       status=exc.code, attempts=attempt, failures=(*failures, kind)) from exc
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
-            except TimeoutError as exc:
-                if attempt == total:
-                    raise BackendTimeout(f"POST {self._url}: no reply within timeout_s={cfg.timeout_s} "
-                                         f"on {attempt} attempt(s)", attempts=attempt) from exc
-                failure = f"timeout after {cfg.timeout_s}s"
+            except MalformedReply as exc:
+                kind, failure = "malformed_reply", str(exc)
+            except TimeoutError:
+                kind, failure = "timeout", f"no reply within timeout_s={cfg.timeout_s}"
             except urllib.error.URLError as exc:
                 if isinstance(exc.reason, (TimeoutError, socket.timeout)):
-                    if attempt == total:
-                        raise BackendTimeout(f"POST {self._url}: no connection within timeout_s={cfg.timeout_s} "
-                                             f"on {attempt} attempt(s)", attempts=attempt) from exc
-                    failure = f"connect timeout after {cfg.timeout_s}s"
+                    kind, failure = "timeout", f"no connection within timeout_s={cfg.timeout_s}"
                 else:
-                    if attempt == total:
-                        raise BackendError(f"POST {self._url} failed after {attempt} attempt(s): {exc.reason}",
-                                           attempts=attempt) from exc
-                    failure = str(exc.reason)
-            except (ConnectionError, http.client.HTTPException) as exc:
-                if attempt == total:
-                    raise BackendError(f"POST {self._url} failed after {attempt} attempt(s): {exc!r}",
-                                       attempts=attempt) from exc
-                failure = repr(exc)
+                    kind, failure = "connection", str(exc.reason)
+            except http.client.IncompleteRead as exc:
+                kind, failure = "incomplete_reply", f"reply cut short: {exc!r}"
+            except (OSError, http.client.HTTPException) as exc:  # resets, refused, bad status lines
+                kind, failure = "connection", repr(exc)
+            failures.append(kind)
+            if attempt == total:
+                kinds = ", ".join(failures)
+                if kind == "timeout":
+                    raise BackendTimeout(f"POST {self._url}: {failure} on {attempt} attempt(s) ({kinds})",
+                                         attempts=attempt, failures=tuple(failures))
+                raise BackendError(f"POST {self._url} failed after {attempt} attempt(s): {failure} ({kinds})",
+                                   status=status, attempts=attempt, failures=tuple(failures))
             delay = self._delay(attempt, retry_after)
             log.warning("LLM request failed (%s); retry %d/%d in %.2fs", failure, attempt, cfg.max_retries, delay)
             time.sleep(delay)

@@ -76,6 +76,8 @@ class RewriteStats:
     requests: int = 0
     failed: int = 0
     retries: int = 0
+    retries_by_reason: dict[str, int] = field(default_factory=dict)  # failed attempts that were retried, by kind
+    failed_by_reason: dict[str, int] = field(default_factory=dict)  # requests given up on, by last failure's kind
     tokens_in: int = 0
     tokens_out: int = 0
     cached_tokens_out: int = 0
@@ -217,6 +219,8 @@ def _generate_all(misses: list[_Task], *, backend: LLMBackend, cache: RewriteCac
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rewrite")
     in_flight: dict[Future[Completion | BackendError], _Task] = {}
     done_count = 0
+    retried: Counter[str] = Counter()
+    given_up: Counter[str] = Counter()
 
     def flush() -> None:
         nonlocal buffer
@@ -238,12 +242,16 @@ def _generate_all(misses: list[_Task], *, backend: LLMBackend, cache: RewriteCac
                     stats.requests += result.attempts
                     stats.retries += max(0, result.attempts - 1)
                     stats.failed += 1
+                    kinds = list(result.failures) or [f"http_{result.status}" if result.status else "error"]
+                    retried.update(kinds[:-1])
+                    given_up[kinds[-1]] += 1
                     failures[task.key] = str(result)
                     if stats.failed <= 5:
                         log.warning("rewrite request failed: %s", result)
                     continue
                 stats.requests += result.attempts
                 stats.retries += result.attempts - 1
+                retried.update(result.failures)
                 stats.tokens_in += result.prompt_tokens or 0
                 stats.tokens_out += result.completion_tokens or 0
                 row = {"key": task.key, "text_sha256": task.text_hash, "prompt": task.prompt.key, "model": model,
@@ -260,6 +268,8 @@ def _generate_all(misses: list[_Task], *, backend: LLMBackend, cache: RewriteCac
         flush()  # also on an exception: what finished is kept
         pool.shutdown(wait=False, cancel_futures=True)
         stats.generation_seconds = round(time.perf_counter() - began, 4)
+        stats.retries_by_reason = dict(sorted(retried.items()))
+        stats.failed_by_reason = dict(sorted(given_up.items()))
         generated = done_count - len(failures)
         if stats.generation_seconds > 0:
             stats.docs_per_second = round(generated / stats.generation_seconds, 4)

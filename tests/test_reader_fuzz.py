@@ -148,7 +148,7 @@ def test_mutated_gzip_warc_never_raises(bases, base):
     records, rejected, skipped = read(original, "x.warc.gz")
     assert rejected == [] and records  # the unmutated base reads cleanly
 
-    @fuzz(100)
+    @fuzz(200)
     @given(mutated(original))
     def check(data: bytes) -> None:
         records, rejected, skipped = read(data, "x.warc.gz")
@@ -165,7 +165,7 @@ def test_mutated_plain_warc_never_raises_and_outcomes_are_bounded_by_headers(bas
     records, rejected, skipped = read(original, "x.warc")
     assert (len(records), rejected, sum(skipped.values())) == (3, [], 4)
 
-    @fuzz(120)
+    @fuzz(200)
     @given(mutated(original))
     def check(data: bytes) -> None:
         records, rejected, skipped = read(data, "x.warc")
@@ -253,7 +253,7 @@ def html_bytes(draw: st.DrawFn) -> tuple[bytes, str | None]:
     return data, declared
 
 
-@fuzz(150)
+@fuzz(300)
 @given(html_bytes())
 def test_decode_html_returns_text_or_says_undecodable(case):
     data, declared = case
@@ -266,7 +266,7 @@ def test_decode_html_returns_text_or_says_undecodable(case):
     text.encode("utf-8", "surrogatepass")  # a str, whatever the label
 
 
-@fuzz(60)
+@fuzz(100)
 @given(st.text(max_size=2000) | html_bytes().map(lambda case: case[0].decode("utf-8", "replace")))
 def test_extractors_return_text_in_bounded_time(html):
     for extractor in ("resiliparse", "trafilatura"):
@@ -281,7 +281,7 @@ def test_generated_pages_through_the_shard_worker_add_up(warc):
     """3 responses with generated bodies and charset headers: 3 records, each a document or quarantined."""
     with tempfile.TemporaryDirectory() as tmp:
 
-        @fuzz(40)
+        @fuzz(60)
         @given(st.lists(html_bytes(), min_size=3, max_size=3), st.booleans())
         def check(pages, compressed) -> None:
             records = []
@@ -349,7 +349,7 @@ def test_mutated_jsonl_through_the_shard_worker_adds_up(bases):
     original = bases["jsonl"]
     with tempfile.TemporaryDirectory() as tmp:
 
-        @fuzz(40)
+        @fuzz(60)
         @given(mutated(original))
         def check(data: bytes) -> None:
             if not _plain_jsonl(data):

@@ -159,7 +159,14 @@ _INJECTION = re.compile(
     r"|\b(?:new|updated|real)\s+instructions?\s*:"
     r"|\byou\s+are\s+now\s+(?:a|an|in)\b|\bfrom\s+now\s+on,?\s+(?:you|respond|answer|reply|write|only)\b"
     r"|\b(?:reveal|print|repeat|show)\s+(?:your|the)\s+(?:system\s+)?prompt\b"
-    r"|\b(?:ai|assistant|language\s+model|chatbot|llm)s?\s*(?:reading|processing)\s+this\b", re.I)
+    r"|\b(?:ai|assistant|language\s+model|chatbot|llm)s?\s*(?:reading|processing)\s+this\b"
+    # chat-template turn markers, raw or as prompts.defuse() leaves them: role spoofing
+    r"|<\|(?:im_start|im_end|start_header_id|end_header_id|eot_id|system|user|assistant)\|>"
+    r"|\[(?:im_start|im_end|start_header_id|end_header_id|eot_id|start_of_turn|end_of_turn)\]"
+    r"|<(?:start|end)_of_turn>|\[/?INST\]|\(/?INST\)|<</?SYS>>", re.I)
+_TURN_MARKER = re.compile(r"<\|[^<>|\s]{1,48}\|>|\[(?:im_start|im_end|start_header_id|eot_id)\]|\[/?INST\]|<</?SYS>>|"
+                          r"<start_of_turn>", re.I)
+_ROLE_LINE = re.compile(r"^\s*(?:#+\s*)?(?:system|assistant|user|human|instructions?)\s*:", re.I | re.M)
 _PAYLOAD = re.compile(
     r"\b(?:write|say|output|print|type|respond|reply|answer|return|repeat|state)\s+(?:with\s+)?(?:only\s+|just\s+)?"
     r"(?:the\s+(?:word|phrase|text|string)s?\s+)?(?:only\s+)?[\"'“‘`]([^\"'”’`\n]{1,100})[\"'”’`]", re.I)
@@ -193,8 +200,10 @@ def find_injection(text: str) -> Injection:
     phrases = tuple(m.group(0) for m in _INJECTION.finditer(text))
     payloads: list[str] = []
     if phrases:
+        # a fake turn or role line makes every request in the document suspect
+        spoofed = bool(_TURN_MARKER.search(text) or _ROLE_LINE.search(text))
         for sentence in re.split(r"(?<=[.!?])\s+|\n+", text):
-            if _INJECTION.search(sentence):
+            if spoofed or _INJECTION.search(sentence):
                 payloads += [m.group(1).strip() for m in _PAYLOAD.finditer(sentence) if _norm(m.group(1))]
                 payloads += [m.group(1) for m in _BARE_PAYLOAD.finditer(sentence) if _norm(m.group(1))]
     return Injection(phrases, tuple(dict.fromkeys(payloads)))

@@ -57,11 +57,11 @@ RUN_TIMEOUT_S = 180.0
 
 
 def drill_recipe(base_url: str) -> Recipe:
-    """Small parts (many files, so kills land between writes); a 5-document LLM budget of short requests."""
+    """Small parts (many files, so kills land between writes); a 4-document LLM budget of short requests."""
     return Recipe.model_validate({
         "execution": {"workers": 2},
         "raw": {"rows_per_part": 40},
-        "rewritten": {"max_documents": 5, "max_input_chars": 300, "batch_size": 1, "rescore": False,
+        "rewritten": {"max_documents": 4, "max_input_chars": 100, "batch_size": 1, "rescore": False,
                       "backend": {"kind": "openai", "base_url": base_url, "model": "smollm2-135m", "max_tokens": 8,
                                   "concurrency": 1, "max_retries": 1, "timeout_s": 300}},
         "mixed": [{"name": MIX, "total_tokens": 20000, "synthetic_cap": 0.3,
@@ -301,8 +301,11 @@ def kill_tree(proc: subprocess.Popen[str]) -> None:
 
 def run_driver(stage: str, root: Path, recipe: Recipe, upstream: list[str], *,
                kill_at_markers: int | None = None, kill_at_seconds: float | None = None,
-               kill: str = "tree", rng: random.Random | None = None) -> Run:
-    """Run the stage; with a kill point, SIGKILL the tree (or one pool worker) when it is reached."""
+               kill: str = "tree", rng: random.Random | None = None,
+               orphans: list[psutil.Process] | None = None) -> Run:
+    """Run the stage; with a kill point, SIGKILL the tree (or one pool worker, or the run alone: then its
+    workers are appended to `orphans` and left alone) when it is reached."""
+    orphans = orphans if orphans is not None else []
     began = time.monotonic()
     proc = start_driver(stage, root, recipe, upstream)
     marks: list[tuple[float, int]] = []
@@ -319,6 +322,13 @@ def run_driver(stage: str, root: Path, recipe: Recipe, upstream: list[str], *,
                     kill_tree(proc)
                     killed, at_kill = "tree", markers
                     break
+                if kill == "parent":  # the run alone, as the OOM killer would: its workers are left behind
+                    workers = pool_workers(proc)
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=30)
+                    killed, at_kill = "parent", markers
+                    orphans.extend(workers)
+                    break
                 workers = pool_workers(proc)
                 if workers:
                     victim = (rng or random.Random(0)).choice(workers)
@@ -328,9 +338,7 @@ def run_driver(stage: str, root: Path, recipe: Recipe, upstream: list[str], *,
         if proc.poll() is None and killed != "tree":
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-        else:  # the run ended; its process group may still hold a worker of a broken pool
+        if killed != "parent":  # also after an exit: the group may still hold a worker of a broken pool
             kill_tree(proc)
     out, err = proc.communicate(timeout=30)
     return Run(proc.returncode, out, err, time.monotonic() - began, killed, at_kill,
@@ -510,6 +518,29 @@ def test_killed_pool_stage_resumes_to_the_same_version_and_bytes(reference: Refe
     assert mid_write, f"the worker kill did not interrupt the run: {worker.stderr[-2000:]}"
     # a dead worker fails the run at once (it does not hang, and it does not commit)
     assert worker.returncode not in (0, None) and "BrokenProcessPool" in worker.stderr, worker.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_pool_workers_die_with_a_run_killed_alone(reference: Reference, tmp_path: Path) -> None:
+    """Only the run's process is SIGKILLed (as by the OOM killer): its pool workers exit at once instead
+    of waiting forever on the task queue and going on writing into the folder the rerun rewrites."""
+    reference.ensure("raw")
+    root = fresh_store(reference, tmp_path / "parent", "raw")
+    orphans: list[psutil.Process] = []
+    try:
+        killed = run_driver("raw", root, reference.recipe, [], kill="parent", orphans=orphans,
+                            kill_at_markers=2)
+        assert killed.killed == "parent" and len(orphans) == 2
+        gone, alive = psutil.wait_procs(orphans, timeout=15)  # without a watch on the parent: forever
+        assert alive == [], "pool workers outlived the run that owned them"
+        assert landed_mid_write(root, "raw", reference.versions["raw"])
+    finally:
+        for proc in orphans:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+    assert_same_as_reference(reference, root, "raw", reference.run("raw", root))
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterator, Protocol, Sequence, TypeVar
 
@@ -44,6 +46,25 @@ class SerialExecutor:
         pass
 
 
+def _exit_with_parent() -> None:
+    """Pool worker initializer: end this worker as soon as the process that owns the pool dies.
+
+    A parent killed outright (SIGKILL, the OOM killer, a cancelled orchestrator run) never shuts
+    its pool down: the workers would wait on the task queue forever, and one in the middle of a
+    task would go on writing into a version folder that the rerun is clearing and rewriting. A
+    daemon thread waits on the parent's sentinel (a pipe that closes when the parent dies).
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="textmill-exit-with-parent", daemon=True).start()
+
+
 class LocalProcessExecutor:
     """A pool of worker processes (spawned, so no state leaks from the parent).
 
@@ -64,7 +85,8 @@ class LocalProcessExecutor:
             return
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
+                                             initializer=_exit_with_parent)
         log.debug("running %d shards on %d processes", len(tasks), self.workers)
         yield from self._pool.map(fn, tasks)
 

@@ -342,6 +342,28 @@ def test_secrets_never_leak_through_logs_manifests_metadata_or_reprs(tmp_path, m
     assert moto_s3["endpoint_url"] in shown and root in shown and API_KEY_ENV in shown and "<redacted>" in shown
 
 
+def test_redaction_hides_credentials_at_any_depth_and_keeps_the_rest():
+    from textmill.storage import redact_options
+
+    options = {"endpoint_url": "http://127.0.0.1:9000", "key": S3_KEY_ID, "secret": S3_SECRET, "anon": False,
+               "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "tok-" + S3_SECRET},
+               "config_kwargs": {"s3": {"addressing_style": "path"}}, "password": "", "token": None}
+    shown = repr(redact_options(options))
+    assert not _find_secrets(shown, "redacted options")
+    for visible in ("http://127.0.0.1:9000", "eu-west-1", "'anon': False", "addressing_style", "'password': ''"):
+        assert visible in shown
+    assert options["secret"] == S3_SECRET  # redaction copies; the store still gets the real options
+
+
+def test_inline_api_key_is_masked_in_repr_and_in_dumps():
+    recipe = parse_recipe({"rewritten": {"backend": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                                     "api_key": API_KEY}}})
+    backend = recipe.rewritten.backend
+    for text in (repr(recipe), str(recipe), backend.model_dump_json(), repr(backend.model_dump(mode="json"))):
+        assert API_KEY not in text
+    assert backend.api_key.get_secret_value() == API_KEY
+
+
 # 3. `textmill ui` binds 127.0.0.1 -------------------------------------------------------------------
 def _listening(pids: list[int], port: int | None = None) -> list[tuple[int, str, int]]:
     """(pid, address, port) of every listening TCP socket of these processes (on `port` if given)."""

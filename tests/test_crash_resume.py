@@ -2,10 +2,11 @@
 
 Each stage runs as its own process (`tests/crash_driver.py`: the stage and its 2-process pool)
 on the bundled sample crawl in a temporary store. A seeded random kill point is drawn from the
-uninterrupted run (a count of files the stage has written so far, or a time within its
-duration); at that point the whole process tree is SIGKILLed (or, in the pool variant, one
-pool worker only). Then the stage is rerun and must give the uninterrupted run's version id
-and byte-identical files. While the killed run and the rerun are in progress a reader polls
+uninterrupted run: k of the n files it wrote (0 < k < n; parts, quarantine and work files, or
+the rewritten stage's cache shards). When the killed run has written k, the whole process tree
+is SIGKILLed (variants: one pool worker only; the run's process alone). Then the stage is rerun
+and must give the uninterrupted run's version id and byte-identical files, with nothing else
+left in the version folder. While the killed run and the rerun are in progress a reader polls
 the store and reads whatever versions it lists: it must never see an incomplete one.
 
 The rewritten stage talks to the real llama.cpp server through a counting relay on
@@ -253,10 +254,8 @@ class Run:
     stdout: str
     stderr: str
     seconds: float
-    killed: str | None = None  # "tree" or "worker", when the drill killed something
-    markers_at_kill: int = 0
-    peak_markers: int = 0
-    marks: list[tuple[float, int]] = field(default_factory=list)  # (seconds, markers) while it ran
+    killed: str | None = None  # "tree", "worker" or "parent", when the drill killed something
+    markers_at_kill: int = 0  # files the run had written by then
 
     def result(self) -> dict[str, Any]:
         assert self.returncode == 0, self.stderr[-3000:]
@@ -300,24 +299,19 @@ def kill_tree(proc: subprocess.Popen[str]) -> None:
 
 
 def run_driver(stage: str, root: Path, recipe: Recipe, upstream: list[str], *,
-               kill_at_markers: int | None = None, kill_at_seconds: float | None = None,
-               kill: str = "tree", rng: random.Random | None = None,
+               kill_at_markers: int | None = None, kill: str = "tree", rng: random.Random | None = None,
                orphans: list[psutil.Process] | None = None) -> Run:
     """Run the stage; with a kill point, SIGKILL the tree (or one pool worker, or the run alone: then its
     workers are appended to `orphans` and left alone) when it is reached."""
     orphans = orphans if orphans is not None else []
     began = time.monotonic()
     proc = start_driver(stage, root, recipe, upstream)
-    marks: list[tuple[float, int]] = []
     killed, at_kill = None, 0
     try:
         deadline = began + RUN_TIMEOUT_S
         while proc.poll() is None and time.monotonic() < deadline:
-            now, markers = time.monotonic() - began, marker_count(root, stage)
-            marks.append((now, markers))
-            due = (kill_at_markers is not None and markers >= kill_at_markers) or (
-                kill_at_seconds is not None and now >= kill_at_seconds)
-            if due and killed is None:
+            markers = marker_count(root, stage)
+            if kill_at_markers is not None and markers >= kill_at_markers and killed is None:
                 if kill == "tree":
                     kill_tree(proc)
                     killed, at_kill = "tree", markers
@@ -341,8 +335,7 @@ def run_driver(stage: str, root: Path, recipe: Recipe, upstream: list[str], *,
         if killed != "parent":  # also after an exit: the group may still hold a worker of a broken pool
             kill_tree(proc)
     out, err = proc.communicate(timeout=30)
-    return Run(proc.returncode, out, err, time.monotonic() - began, killed, at_kill,
-               max((m for _, m in marks), default=0), marks)
+    return Run(proc.returncode, out, err, time.monotonic() - began, killed, at_kill)
 
 
 # the uninterrupted chain ------------------------------------------------------------------------------------

@@ -14,8 +14,7 @@ import logging
 import os
 import time
 
-from dagster import ConfigurableResource, InitResourceContext
-from pydantic import PrivateAttr
+from dagster import ConfigurableResource
 
 from textmill.config import ExecutionConfig, Recipe, RecipeError, resolve_recipe
 from textmill.executor import Executor, make_executor
@@ -47,8 +46,6 @@ class TextmillResource(ConfigurableResource):
     ray_address: str = ""
     workers: int = 0
 
-    _ray_connected: bool = PrivateAttr(default=False)
-
     def recipe(self) -> Recipe:
         recipe = resolve_recipe(self.recipe_path or None)
         if self.root:
@@ -78,33 +75,30 @@ class TextmillResource(ConfigurableResource):
     def executor(self) -> Executor:
         execution = self.recipe().execution
         if execution.backend == "ray" and execution.ray_address:
-            self._connect_ray(execution.ray_address)
+            connect_ray(execution.ray_address)
         return make_executor(execution)
 
-    def _connect_ray(self, address: str) -> None:
-        """Connect once for the whole run: a Ray Client connection costs seconds, so every asset of
-        the run reuses it (the executor leaves a connection it did not open alone); the teardown closes it."""
-        import ray
 
-        for attempt in range(1, CONNECT_ATTEMPTS + 1):
-            if ray.is_initialized():
-                return
-            try:
-                ray.init(address=address, logging_level=logging.WARNING)
-                self._ray_connected = True
-                return
-            except (ConnectionError, RuntimeError) as exc:  # head still starting, or its client server failed
-                if attempt == CONNECT_ATTEMPTS:
-                    raise
-                log.warning("connecting to Ray at %s failed (%s); retrying in %d s", address, exc, CONNECT_WAIT_S)
-                time.sleep(CONNECT_WAIT_S)
+def connect_ray(address: str) -> None:
+    """Connect this process to the Ray cluster once; every later asset of the run reuses the connection.
 
-    def teardown_after_execution(self, context: InitResourceContext) -> None:
-        if self._ray_connected:
-            import ray
+    A Ray Client connection costs seconds, and the executor leaves a connection it did not open
+    alone, so a run pays it once. The process keeps it until it exits (a Dagster run is its own
+    process). Retried while the head is still starting.
+    """
+    import ray
 
-            ray.shutdown()
-            self._ray_connected = False
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+            return
+        except (ConnectionError, RuntimeError) as exc:  # head still starting, or its client server failed
+            if attempt == CONNECT_ATTEMPTS:
+                raise
+            log.warning("connecting to Ray at %s failed (%s); retrying in %d s", address, exc, CONNECT_WAIT_S)
+            time.sleep(CONNECT_WAIT_S)
 
 
 def resource_from_env() -> TextmillResource:

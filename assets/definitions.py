@@ -1,6 +1,6 @@
 """The Dagster code location: `dagster-webserver -m assets.definitions`."""
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from assets.deduped import deduped
 from assets.filtered import filtered
@@ -23,4 +23,7 @@ defs = Definitions(
     schedules=[nightly_crawls],
     jobs=[crawl_pipeline],
     resources={"textmill": resource_from_env()},
+    # a stage already spreads over every core through its own executor (process pool or Ray); a fresh
+    # Python process per step would only add start-up time (seconds per step, more under load)
+    executor=in_process_executor,
 )

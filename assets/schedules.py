@@ -1,8 +1,10 @@
 """A nightly schedule that takes every crawl through the whole chain (raw → rewritten).
 
-New crawl folders become `crawls` partitions, and each crawl whose `rewritten` asset has
-no materialization gets a run of the pipeline job; versions that already exist are reused,
-so a run over a half-built crawl only does the missing stages.
+New crawl folders become `crawls` partitions. When some crawl has no `rewritten`
+materialization, one run of the pipeline job covers the range of all crawls: deduped must
+see crawls in order (each against the index of the ones before), which separate concurrent
+runs per crawl would not guarantee. Versions that already exist are reused, so finished
+crawls in the range cost a lookup.
 """
 
 from dagster import (AssetKey, AssetRecordsFilter, RunRequest, ScheduleEvaluationContext, SkipReason,
@@ -39,4 +41,10 @@ def nightly_crawls(context: ScheduleEvaluationContext, textmill: TextmillResourc
     if not unfinished:
         return SkipReason(f"every crawl ({len(known)}) has a rewritten version")
     day = context.scheduled_execution_time.strftime("%Y-%m-%d") if context.scheduled_execution_time else "now"
-    return [RunRequest(partition_key=crawl, run_key=f"nightly:{day}:{crawl}") for crawl in unfinished]
+    ordered = context.instance.get_dynamic_partitions(crawls_partitions.name)  # Dagster's order: range ends
+    if len(ordered) == 1:
+        return RunRequest(partition_key=ordered[0], run_key=f"nightly:{day}:{ordered[0]}")
+    return RunRequest(run_key=f"nightly:{day}:{ordered[0]}..{ordered[-1]}",
+                      tags={"dagster/asset_partition_range_start": ordered[0],
+                            "dagster/asset_partition_range_end": ordered[-1],
+                            "textmill/unfinished_crawls": ",".join(unfinished)})

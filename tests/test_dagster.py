@@ -205,8 +205,15 @@ def test_nightly_schedule_adds_new_crawls_and_requests_unfinished_ones(tmp_path)
     instance.add_dynamic_partitions("crawls", ["CC-A"])
     resources = {"textmill": TextmillResource(root=str(tmp_path))}
     when = datetime(2026, 11, 23, 2, tzinfo=timezone.utc)
-    requests = nightly_crawls(build_schedule_context(instance=instance, resources=resources,
-                                                     scheduled_execution_time=when))
-    assert sorted(r.partition_key for r in requests) == ["CC-A", "CC-B"]
-    assert {r.run_key for r in requests} == {"nightly:2026-11-23:CC-A", "nightly:2026-11-23:CC-B"}
+    request = nightly_crawls(build_schedule_context(instance=instance, resources=resources,
+                                                    scheduled_execution_time=when))
+    # one run over the range of every crawl (deduped sees them in crawl order), not one run per crawl
+    assert request.partition_key is None and request.run_key == "nightly:2026-11-23:CC-A..CC-B"
+    assert request.tags["dagster/asset_partition_range_start"] == "CC-A"
+    assert request.tags["dagster/asset_partition_range_end"] == "CC-B"
+    assert request.tags["textmill/unfinished_crawls"] == "CC-A,CC-B"
+    # the request's tags drive a ranged run: raw of both crawls in one run
+    from assets.raw import raw
+    result = materialize([raw], instance=instance, resources=resources, tags=request.tags)
+    assert sorted(m.partition for m in result.asset_materializations_for_node("raw")) == ["CC-A", "CC-B"]
     assert sorted(instance.get_dynamic_partitions("crawls")) == ["CC-A", "CC-B"]

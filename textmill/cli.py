@@ -260,13 +260,34 @@ def run(crawl: Annotated[str, typer.Argument(help="crawl folder under landing/")
 
 @app.command()
 def ui(recipe: RecipeOption = None, root: RootOption = None, port: int = 3000,
-       host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1") -> None:
-    """Start the Dagster web UI on this machine over textmill's definitions."""
+       host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+       daemon: Annotated[bool, typer.Option(help="also run the Dagster daemon (schedules, sensors, backfills)")] = True,
+       ) -> None:
+    """Start the Dagster web UI on this machine over textmill's definitions (and the daemon that runs backfills)."""
     _configure(recipe, root)
-    webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or "dagster-webserver"
+    dagster_home = Path(os.environ["DAGSTER_HOME"])
+    # the UI's first-visit newsletter dialog would hide the asset graph; this machine may have no network
+    (dagster_home / ".nux").mkdir(exist_ok=True)
+    (dagster_home / ".nux" / "nux.yaml").write_text("seen: 1\n")
+    bin_dir = str(Path(sys.executable).parent)
+    webserver = shutil.which("dagster-webserver", path=bin_dir) or "dagster-webserver"
     command = [webserver, "-h", host, "-p", str(port), "-m", "assets.definitions"]
-    console.print(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
-    raise typer.Exit(subprocess.call(command))
+    background = None
+    if daemon:  # without it a backfill launched from the UI would wait in "requested" forever
+        daemon_bin = shutil.which("dagster-daemon", path=bin_dir) or "dagster-daemon"
+        background = subprocess.Popen([daemon_bin, "run", "-m", "assets.definitions"])
+    console.print(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={dagster_home})"
+                  + (", with the daemon" if background else ""))
+    try:
+        code = subprocess.call(command)
+    finally:
+        if background is not None:
+            background.terminate()
+            try:
+                background.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                background.kill()
+    raise typer.Exit(code)
 
 
 @app.command()

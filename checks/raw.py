@@ -16,6 +16,7 @@ CHECK_NAMES = {
     "raw_min_documents": "the crawl produced at least the recipe's minimum of documents",
     "raw_quarantine_rate": "the share of quarantined records is within the recipe's bound",
     "raw_language_identified": "the share of documents without a language is within the recipe's bound",
+    "raw_records_accounted": "every input record is a document, a skip or a quarantine row (nothing lost)",
 }
 
 
@@ -40,6 +41,7 @@ def run_raw_checks(frame: pl.LazyFrame, manifest: Manifest, thresholds: RawCheck
     quarantined = int(manifest.quarantine.get("records", 0))
     quarantine_rate = quarantined / (rows + quarantined) if rows + quarantined else 0.0
     no_language_rate = int(stats["no_language"]) / rows if rows else 0.0
+    unaccounted = int(manifest.statistics.get("unaccounted_records", 0))
     outcomes += [
         CheckOutcome("raw_unique_ids", duplicates == 0, CHECK_NAMES["raw_unique_ids"],
                      metadata={"duplicate_or_null_ids": duplicates}),
@@ -54,5 +56,8 @@ def run_raw_checks(frame: pl.LazyFrame, manifest: Manifest, thresholds: RawCheck
         CheckOutcome("raw_language_identified", no_language_rate <= thresholds.max_empty_lang_rate,
                      CHECK_NAMES["raw_language_identified"],
                      metadata={"no_language_rate": round(no_language_rate, 4), "bound": thresholds.max_empty_lang_rate}),
+        CheckOutcome("raw_records_accounted", unaccounted == 0, CHECK_NAMES["raw_records_accounted"],
+                     metadata={"records_read": int(manifest.statistics.get("records_read", 0)),
+                               "unaccounted_records": unaccounted}),
     ]
     return outcomes

@@ -341,3 +341,23 @@ def test_oversized_jsonl_line_is_skipped_while_streaming(tmp_path):
     lines = list(_lines(iter([*chunks, good]), 100_000))
     assert [int(lines[0])] == [len(big)] and type(lines[0]).__name__ == "_OversizedLine"
     assert lines[1] == good
+
+
+def test_records_accounted_check_blocks_a_version_that_lost_records(sample, warc, tmp_path):
+    """Every bad input ends as a quarantine row: the raw check passes; a manifest that lost records fails it."""
+    import dataclasses
+
+    from checks.raw import run_raw_checks
+    from textmill.config import RawChecks
+
+    case = bad_json_lines(sample, warc)
+    outcome = ingest(tmp_path / "root", case.files)
+    manifest = outcome.result.manifest
+    frame = pl.DataFrame(outcome.docs).lazy()
+    checks = {o.name: o for o in run_raw_checks(frame, manifest, RawChecks())}
+    assert checks["raw_records_accounted"].passed
+    assert checks["raw_records_accounted"].metadata["records_read"] == manifest.statistics["records_read"]
+    lossy = dataclasses.replace(manifest, statistics={**manifest.statistics, "unaccounted_records": 2})
+    checks = {o.name: o for o in run_raw_checks(frame, lossy, RawChecks())}
+    assert not checks["raw_records_accounted"].passed
+    assert checks["raw_records_accounted"].metadata["unaccounted_records"] == 2

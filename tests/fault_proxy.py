@@ -9,7 +9,9 @@ Every request is parsed (Content-Length or chunked bodies, keep-alive, `Expect:
 100-continue`); a seeded share `rate` of the requests that `match` selects gets a fault, the
 modes taken in turn from `modes` (so every listed mode is injected once there are that many
 faults). Everything else goes to the upstream byte-for-byte, and its reply comes back
-byte-for-byte. `injected` counts faults by mode; `requests` counts requests seen.
+byte-for-byte. `injected` counts faults by mode; `requests` counts requests seen; `log` lists
+(method, path, mode or "forward", time); with `keep_bodies`, `delivered` holds the body of
+every upstream reply that reached the client whole.
 
 Modes (`S3_MODES`, `OPENAI_MODES`):
 
@@ -21,7 +23,9 @@ Modes (`S3_MODES`, `OPENAI_MODES`):
   `SlowDown`) or an OpenAI-style JSON error by `flavor`.
 - `http_429`: 429 with `Retry-After: retry_after_s` and a JSON (or XML) error.
 - `slow`: forwarded, and the reply held for `slow_s` seconds (longer than the client's
-  timeout), then sent if the client is still there.
+  timeout), then sent if the client is still there (for S3: the write happened anyway).
+- `stall`: a hung server: the request is held `slow_s` seconds, never forwarded, and the
+  connection closed without a reply (for an LLM: no abandoned generation queues up).
 - `truncated`: the upstream's reply with its real headers (Content-Length unchanged) and
   only the first half of its body (a reply without a body: half its headers), then the
   connection is closed.
@@ -49,9 +53,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 S3_MODES = ("reset_before", "reset_mid_request", "reset_after_forward", "http_500", "http_503", "slow", "truncated")
-OPENAI_MODES = ("reset_before", "reset_after_forward", "http_500", "http_503", "http_429", "slow", "truncated",
+OPENAI_MODES = ("reset_before", "reset_after_forward", "http_500", "http_503", "http_429", "stall", "truncated",
                 "malformed_json", "missing_fields")
-ALL_MODES = frozenset(S3_MODES) | frozenset(OPENAI_MODES) | {"down"}
+ALL_MODES = frozenset(S3_MODES) | frozenset(OPENAI_MODES) | {"slow", "stall", "down"}
 
 _READ_TIMEOUT_S = 60.0  # an idle client connection is closed after this
 
@@ -150,7 +154,7 @@ class FaultProxy:
     def __init__(self, upstream: str, *, flavor: str = "s3", seed: int = 0, rate: float = 0.0,
                  modes: Sequence[str] | None = None, after: int = 0,
                  match: Callable[[str, str], bool] | None = None, slow_s: float = 3.0,
-                 retry_after_s: float = 1.0) -> None:
+                 retry_after_s: float = 1.0, keep_bodies: bool = False) -> None:
         if flavor not in ("s3", "openai"):
             raise ValueError(f"flavor must be 's3' or 'openai', got {flavor!r}")
         parts = urlsplit(upstream)
@@ -162,7 +166,9 @@ class FaultProxy:
         self.requests = 0  # every request seen
         self.matched = 0  # requests `match` selected
         self.forwarded = 0
-        self.log: list[tuple[str, str, str]] = []  # (method, path, mode or "forward")
+        self.log: list[tuple[str, str, str, float]] = []  # (method, path, mode or "forward", monotonic time)
+        self.keep_bodies = keep_bodies
+        self.delivered: list[bytes] = []  # with keep_bodies: bodies of upstream replies passed on whole
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._serial = itertools.count(1)
@@ -290,6 +296,9 @@ class FaultProxy:
                 if mode == "reset_before":
                     _reset(client)
                     return
+                if mode == "stall":
+                    self._stop.wait(self.slow_s)
+                    return
                 if mode in ("http_500", "http_503", "http_429", "malformed_json", "missing_fields"):
                     client.sendall(self._synthetic(mode, request))
                     continue
@@ -323,6 +332,9 @@ class FaultProxy:
                     client.shutdown(socket.SHUT_RDWR)
                     return
                 client.sendall(response[0] + response[1])
+                if self.keep_bodies:
+                    with self._lock:
+                        self.delivered.append(response[1])
                 if not keep:
                     return
         except (_Closed, OSError):
@@ -339,7 +351,7 @@ class FaultProxy:
 
     def _log(self, method: str, path: str, what: str) -> None:
         with self._lock:
-            self.log.append((method, path, what))
+            self.log.append((method, path, what, time.monotonic()))
 
     def _forward(self, upstream: socket.socket, request: Request) -> tuple[tuple[bytes, bytes], bool]:
         """Send the request as received; return (head, body) of the final reply and whether

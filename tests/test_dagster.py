@@ -80,7 +80,7 @@ def test_raw_materializes_in_process_with_metadata_and_checks(tmp_path):
     assert store.latest("raw", "CC-A").version == version
 
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert len(checks) == 6 and all(e.passed for e in checks.values())
+    assert len(checks) == 7 and all(e.passed for e in checks.values())
 
     record = instance.get_latest_materialization_event(materialization.asset_key)
     assert record.asset_materialization.tags["dagster/data_version"] == version

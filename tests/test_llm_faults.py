@@ -56,7 +56,8 @@ TIMEOUT_S = 8.0  # a real reply takes ~0.3-6 s on a loaded machine; a `stall` fa
 STAGE_MODES = ("reset_after_forward", "http_500", "http_429", "stall", "truncated", "malformed_json",
                "missing_fields")
 KIND = {"reset_before": "connection", "reset_after_forward": "connection", "http_500": "http_500",
-        "http_503": "http_503", "http_429": "http_429", "stall": "timeout", "slow": "timeout", "truncated": "incomplete_reply",
+        "http_503": "http_503", "http_429": "http_429", "stall": "timeout", "slow": "timeout",
+        "truncated": "incomplete_reply",
         "malformed_json": "malformed_reply", "missing_fields": "malformed_reply"}
 
 

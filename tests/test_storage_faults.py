@@ -26,16 +26,17 @@ from urllib.parse import urlsplit
 import polars as pl
 import pytest
 
-from fault_proxy import S3_MODES, FaultProxy
-from llm_server import ScriptedServer
-from textmill import stages
-from textmill.config import DedupConfig, FilteredConfig, RawConfig
-from textmill.executor import SerialExecutor
-from textmill.filters.config import GopherQualityRules
-from textmill.mix.config import ExportConfig, MixComponent, MixConfig
-from textmill.rewrite.backends import OpenAIBackend, OpenAIBackendConfig
-from textmill.rewrite.config import PostprocessConfig, RewriteConfig
-from textmill.storage import Manifest, Store, StoreError
+pytest.register_assert_rewrite("llm_server")  # also a plugin of other test modules
+from fault_proxy import S3_MODES, FaultProxy  # noqa: E402
+from llm_server import ScriptedServer  # noqa: E402
+from textmill import stages  # noqa: E402
+from textmill.config import DedupConfig, FilteredConfig, RawConfig  # noqa: E402
+from textmill.executor import SerialExecutor  # noqa: E402
+from textmill.filters.config import GopherQualityRules  # noqa: E402
+from textmill.mix.config import ExportConfig, MixComponent, MixConfig  # noqa: E402
+from textmill.rewrite.backends import OpenAIBackend, OpenAIBackendConfig  # noqa: E402
+from textmill.rewrite.config import PostprocessConfig, RewriteConfig  # noqa: E402
+from textmill.storage import POLARS_RETRY_DEFAULTS, S3FS_RETRY_DEFAULTS, Manifest, Store, StoreError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -201,6 +202,26 @@ def test_fault_proxy_forwards_byte_for_byte_and_injects_each_mode(moto_s3):
             _http(proxy.url, "GET", key)
         with pytest.raises(ConnectionRefusedError):
             _http(proxy.url, "GET", key)
+
+
+def test_retry_settings_default_and_a_recipe_overrides_them(moto_s3):
+    """Both clients get the Store's retry and timeout defaults; a recipe's values win key by key."""
+    url = f"s3://{moto_s3['bucket']}/settings-{uuid.uuid4().hex[:8]}"
+    plain = Store(url, storage_options={"endpoint_url": moto_s3["endpoint_url"]})
+    assert plain.fs.config_kwargs == S3FS_RETRY_DEFAULTS["config_kwargs"]
+    assert plain.polars_options() == {"aws_endpoint_url": moto_s3["endpoint_url"], "aws_allow_http": "true"} \
+        | POLARS_RETRY_DEFAULTS
+    tuned = Store(url, storage_options={"endpoint_url": moto_s3["endpoint_url"], "polars": {"max_retries": 2},
+                                        "config_kwargs": {"retries": {"max_attempts": 9},
+                                                          "s3": {"addressing_style": "path"}}})
+    assert tuned.fs.config_kwargs == {"retries": {"max_attempts": 9, "mode": "standard"}, "connect_timeout": 10,
+                                      "read_timeout": 30, "s3": {"addressing_style": "path"}}
+    assert tuned.polars_options()["max_retries"] == 2 and tuned.polars_options()["timeout"] == "120s"
+    plain.write_bytes(plain.path("probe"), b"x")  # botocore now holds Configs made from those dicts...
+    tuned.write_bytes(tuned.path("probe"), b"x")
+    assert tuned.fs.s3.meta.config.retries == {"mode": "standard", "total_max_attempts": 10}
+    assert S3FS_RETRY_DEFAULTS["config_kwargs"]["retries"] == {"max_attempts": 3, "mode": "standard"}  # ...not ours
+    assert "polars" not in tuned.fs.storage_options  # Polars' keys never reach fsspec
 
 
 def test_pipeline_completes_through_transient_faults_with_identical_versions(moto_s3, landed, llm, baseline):

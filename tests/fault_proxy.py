@@ -180,7 +180,6 @@ class FaultProxy:
         self._listener.listen(128)
         self.port = self._listener.getsockname()[1]
         self._clients: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
         self._acceptor = threading.Thread(target=self._accept, name="fault-proxy", daemon=True)
 
     # settings ----------------------------------------------------------------------------

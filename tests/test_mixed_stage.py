@@ -93,3 +93,19 @@ def test_mix_recipe_errors_name_the_field():
     with pytest.raises(RecipeError, match="mix names must be unique"):
         mix = {"name": "m", "total_tokens": 10, "components": [{"name": "a", "kind": "kept", "weight": 1}]}
         parse_recipe({"mixed": [mix, mix]})
+
+
+def test_files_components_on_s3_are_read_with_the_stores_settings(sources, s3_store):
+    """A `files` component in the bucket is read through the store's endpoint and credentials:
+    the same mix as from a local folder."""
+    folder, _ = sources
+    for name in ("articles.jsonl", "boiler.jsonl"):
+        s3_store.fs.put(str(folder / name), s3_store.path(f"extra/{name}"))
+    remote = dict(name="test", components=[
+        MixComponent(name="articles", kind="files", paths=[s3_store.path("extra/articles*.jsonl")], token_share=0.75),
+        MixComponent(name="boiler", kind="files", paths=[s3_store.path("extra/boiler*.jsonl")], token_share=0.25)])
+    from_s3 = stages.mixed(store=s3_store, config=_mix(folder, **remote), versions={})
+    local = stages.mixed(store=Store(str(folder / "store")), config=_mix(folder), versions={})
+    assert from_s3.manifest.statistics["tokens"] == local.manifest.statistics["tokens"]
+    ids = s3_store.scan(from_s3.manifest).select("id").collect()["id"].to_list()
+    assert ids == Store(str(folder / "store")).scan(local.manifest).select("id").collect()["id"].to_list()

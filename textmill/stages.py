@@ -691,7 +691,11 @@ def _mix_sources(store: Store, component: "MixComponent",
         for pattern in component.paths or []:
             matches = sorted(store.fs.glob(pattern)) or [pattern]
             for path in matches:
-                lazy = pl.scan_parquet(path) if path.endswith(".parquet") else pl.scan_ndjson(path)
+                # glob drops the protocol on object stores; the reader needs it and the store's options
+                path = path if store.is_local or "://" in path else store.fs.unstrip_protocol(path)
+                options = store.polars_options()
+                lazy = (pl.scan_parquet(path, storage_options=options) if path.endswith(".parquet")
+                        else pl.scan_ndjson(path, storage_options=options))
                 names = lazy.collect_schema().names()
                 if "text" not in names:
                     raise ValueError(f"mixed: component {component.name!r}: {path} has no text column")

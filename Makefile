@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test test-fast ui lock bench clean
+.PHONY: install system-deps demo test test-fast ui lock bench clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "textmill needs Python 3.11, got " + sys.version'
@@ -20,7 +20,11 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/textmill demo
 
-test: $(INSTALLED)
+# PostgreSQL and Chromium, which some tests start for real (Debian packages, installed when missing)
+system-deps:
+	bash tools/system-deps.sh
+
+test: $(INSTALLED) system-deps
 	$(BIN)/python -m pytest -q
 
 test-fast: $(INSTALLED)

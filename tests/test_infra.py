@@ -230,12 +230,18 @@ def test_dagster_yaml_passes_dagsters_instance_schema(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_definitions_validate_as_module_and_through_the_workspace(tmp_path):
-    env = dict(os.environ, DAGSTER_HOME=str(tmp_path))
-    env.pop("DAGSTER_IS_DEFS_VALIDATION_CLI", None)
     commands = {"module": [DAGSTER, "definitions", "validate", "-m", "assets.definitions"],
                 "workspace": [DAGSTER, "definitions", "validate", "-w", str(INFRA / "workspace.yaml")]}
+
+    def env(name: str) -> dict[str, str]:
+        # one instance folder each: two processes creating one SQLite schema at once collide
+        (tmp_path / name).mkdir()
+        values = dict(os.environ, DAGSTER_HOME=str(tmp_path / name))
+        values.pop("DAGSTER_IS_DEFS_VALIDATION_CLI", None)
+        return values
+
     # both at once from another directory: the code location must import from the installed package
-    running = {name: subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+    running = {name: subprocess.Popen(command, cwd=tmp_path, env=env(name), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
                for name, command in commands.items()}
     try:

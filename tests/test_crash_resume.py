@@ -86,6 +86,7 @@ class CountingRelay:
         self.messages: list[str] = []
         self.forwarded = 0
         self.down_after: int | None = None
+        self.in_flight = 0
         self._lock = threading.Lock()
         relay = self
 
@@ -115,6 +116,15 @@ class CountingRelay:
                 self._forward(None)
 
             def do_POST(self) -> None:
+                with relay._lock:
+                    relay.in_flight += 1
+                try:
+                    self._post()
+                finally:
+                    with relay._lock:
+                        relay.in_flight -= 1
+
+            def _post(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 user = [m["content"] for m in json.loads(body)["messages"] if m["role"] == "user"][-1]
                 with relay._lock:
@@ -142,6 +152,21 @@ class CountingRelay:
     def count(self) -> int:
         with self._lock:
             return len(self.messages)
+
+    def settle(self, *, quiet: float = 1.0, timeout: float = 120.0) -> None:
+        """Wait until no request is being handled and none arrived for `quiet` seconds: a killed
+        client's last request may still be in the socket buffers when the kill returns."""
+        deadline = time.monotonic() + timeout
+        last, since = self.count(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            with self._lock:
+                count, busy = len(self.messages), self.in_flight
+            if count != last or busy:
+                last, since = count, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+        raise TimeoutError("the relay did not settle")
 
     def since(self, start: int) -> list[str]:
         with self._lock:
@@ -555,6 +580,7 @@ def test_killed_rewritten_stage_resumes_without_asking_for_cached_replies(llm_re
             cache = RewriteCache(Store(str(root)))
             cached_keys = cache.keys()
             landed += killed.killed is not None and landed_mid_write(root, "rewritten", reference.versions["rewritten"])
+            relay.settle()  # the killed run's last request must not be counted as the rerun's
             before = relay.count()
             resumed = reference.run("rewritten", root)
             assert reader.saw_a_version()

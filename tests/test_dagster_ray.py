@@ -27,6 +27,7 @@ from assets.deduped import deduped
 from assets.raw import raw
 from assets.resources import TextmillResource, resource_from_env
 from textmill.storage import Store
+from llm_server import free_port  # one helper for a free 127.0.0.1 port
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "textmill" / "sample"
@@ -38,12 +39,6 @@ execution: {backend: local, workers: 1}
 raw: {rows_per_part: 8}
 deduped: {minhash: {buckets: 4}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _refresh_ray_auth() -> None:

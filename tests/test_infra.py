@@ -15,7 +15,6 @@ import pwd
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import yaml
 
 from assets.resources import ENV_VARS, resource_from_env
 from textmill.config import RecipeError, Recipe, expand_env, load_recipe
+from llm_server import free_port  # one helper for a free 127.0.0.1 port
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -41,12 +41,6 @@ SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")
 
 def _yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # compose --------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from textmill import stages
 from textmill.config import load_recipe
 from textmill.executor import make_executor
 from textmill.storage import Store
+from llm_server import free_port  # one helper for a free 127.0.0.1 port
 
 pytestmark = pytest.mark.filterwarnings(  # the core called directly here, outside any flow run
     "ignore:Logger 'textmill:UserWarning")
@@ -289,12 +290,6 @@ def test_prefect_yaml_entrypoints_parameters_and_schedule():
 
 
 # a scheduled run on a real server -------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -325,7 +320,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def server_process(tmp_path_factory) -> Iterator[dict[str, Any]]:
     """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME and SQLite file and a fast
     scheduler, started without waiting (the harness fixture starts it early, so both boot at once)."""
-    port = _free_port()
+    port = free_port()
     home = tmp_path_factory.mktemp("prefect-home")
     env = os.environ | {
         "PREFECT_HOME": str(home),

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 
 from textmill.storage import Store
+from llm_server import free_port  # one helper for a free 127.0.0.1 port
 
 pytestmark = pytest.mark.slow
 
@@ -73,12 +73,6 @@ WINDOW = (1600, 1000)
 BACKFILL_DEADLINE = 240  # s; the backfill itself takes about a minute on 2 busy cores
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _tail(path: Path, chars: int = 3000) -> str:
@@ -159,7 +153,7 @@ def ui(tmp_path_factory) -> Iterator[SimpleNamespace]:
     env = inherited | {"DAGSTER_HOME": str(home), "TEXTMILL_ROOT": str(root),
                         "TEXTMILL_RECIPE": str(work / "recipe.yaml"), "NO_PROXY": "127.0.0.1,localhost",
                         "no_proxy": "127.0.0.1,localhost"}
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     processes: dict[str, tuple[subprocess.Popen, Path]] = {}
     try:

@@ -132,7 +132,7 @@ def test_demo_runs_the_whole_chain_to_a_mix_with_a_data_card(demo_dir):
     folder = Path(store.version_dir("mixed", "default", mix.version))
     order = pl.read_parquet(folder / "order.parquet")
     assert order["position"].to_list() == list(range(order.height)) and order.height == mix.rows
-    assert (folder / "tokens.npy").exists() and (folder / "tokens-index.parquet").exists()
+    assert (folder / "tokens-00000.npy").exists() and (folder / "tokens-index-00000.parquet").exists()
     card = (folder / "README.md").read_text()
     assert card.startswith("---") and "pretty_name: textmill-default" in card
     assert f"{mix.statistics['tokens']:,} tokens" in card

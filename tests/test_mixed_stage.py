@@ -3,6 +3,7 @@ tokens, the exact order, the card; reruns reuse the version."""
 
 import gzip
 import json
+from posixpath import join as posixpath_join
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,9 @@ def test_mix_of_files_meets_budget_and_shares_and_removes_contamination(sources)
     # the order file is the exact training order; the packed tokens hold every mixed token once
     order = pl.read_parquet(version_dir / "order.parquet")
     assert order["id"].to_list() == mix["id"].to_list() and order["position"].to_list() == list(range(mix.height))
-    tokens = np.load(version_dir / "tokens.npy")
+    tokens = np.load(version_dir / "tokens-00000.npy")
     assert tokens.shape[1] == 256 and tokens.dtype == np.uint32
-    index = pl.read_parquet(version_dir / "tokens-index.parquet")
+    index = pl.read_parquet(version_dir / "tokens-index-*.parquet")
     assert int(index["length"].sum()) >= int(order["tokens"].sum())  # documents plus end-of-text tokens
     card = (version_dir / "README.md").read_text()
     assert "gsm8k" in card and f"{stats['tokens']:,} tokens" in card
@@ -84,6 +85,37 @@ def test_a_small_component_repeats_up_to_its_cap_and_reports_the_shortfall(sourc
     boiler = result.manifest.statistics["mix"]["phases"]["main"]["components"]["boiler"]
     assert boiler["epoch_capped"] and boiler["epochs"] <= 1.0 + 1e-9 and boiler["shortfall_tokens"] > 0
     assert result.manifest.statistics["within_tolerance"] is False  # said, not hidden
+
+
+def test_a_mix_written_in_small_shards_and_windows_holds_every_sampled_text(sources):
+    """Texts are gathered through a spill by output shard: every row of every shard (repeats of a
+    capped component included) carries its source text, and the spill is gone after the commit."""
+    folder, _ = sources
+    split = folder / "parts"
+    split.mkdir()
+    articles = pl.read_ndjson(folder / "articles.jsonl")
+    for i in range(3):  # one component over three source files: texts come from several parts
+        articles.slice(40 * i, 40).write_ndjson(split / f"articles-{i}.jsonl")
+    config = _mix(folder, components=[
+        MixComponent(name="articles", kind="files", paths=[str(split / f"articles-{i}.jsonl") for i in range(3)],
+                     token_share=0.5),
+        MixComponent(name="boiler", kind="files", paths=[str(folder / "boiler.jsonl")], token_share=0.5)],
+        total_tokens=120_000, export=ExportConfig(shard_rows=7, sequence_length=64, pack_window_tokens=4096))
+    store = Store(str(folder / "store"))
+    result = stages.mixed(store=store, config=config, versions={})
+    mix = store.scan(result.manifest).collect()
+    truth = pl.concat([articles, pl.read_ndjson(folder / "boiler.jsonl")]).select("id", source_text="text")
+    assert mix.height == result.manifest.statistics["documents"] and len(result.manifest.files) == -(-mix.height // 7)
+    assert mix["epoch"].max() > 0  # a repeated document is in the mix more than once
+    checked = mix.join(truth, on="id", how="left")
+    assert checked["text"].null_count() == 0 and (checked["text"] == checked["source_text"]).all()
+    packed = result.manifest.extra_files["packed"]
+    tokens_files = [f["path"] for f in packed if f["path"].endswith(".npy")]
+    assert len(tokens_files) > 3 and len(tokens_files) == result.manifest.statistics["mix"]["packed"]["windows"]
+    index = pl.concat([store.scan_files([posixpath_join(store.version_dir("mixed", "test", result.version), f["path"])])
+                       .collect() for f in packed if f["path"].startswith("tokens-index-")])
+    assert sorted(index["doc"].unique().to_list()) == list(range(mix.height))
+    assert store.listdir(store.path("tmp", "mixed", "test", result.version)) == []
 
 
 def test_mix_recipe_errors_name_the_field():

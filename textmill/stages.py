@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump a stage's code version when its output for the same inputs and config changes.
-CODE_VERSIONS = {"raw": "2", "deduped": "2", "filtered": "2", "rewritten": "2", "mixed": "1"}
+CODE_VERSIONS = {"raw": "2", "deduped": "2", "filtered": "2", "rewritten": "2", "mixed": "2"}
 
 Progress = Callable[[int, int], None]
 
@@ -732,11 +732,13 @@ def mixed(
 
     `versions` maps each crawl to its `filtered` and `rewritten` versions (the orchestrator's
     lineage). Sources are read part by part: texts are tokenized and checked against the bundled
-    benchmarks as they stream, only (component, id, tokens, lang) is kept for sampling, and the
-    sampled texts are read back in mix order for export.
+    benchmarks as they stream, only (component, id, tokens, lang) is kept for sampling. The sampled
+    texts are spilled by output shard in one more pass over the sources, then each shard is
+    written and packed in turn (`mix.gather`, `mix.export`), so the mix is never whole in memory.
     """
     from textmill.mix.decontam import CONTAMINATION_SCHEMA, find_contamination, index_for
     from textmill.mix.export import export_mix
+    from textmill.mix.gather import mix_shards, spill_texts
     from textmill.mix.sample import sample_mix
     from textmill.mix.tokens import count_tokens
     from textmill.report.card import write_data_card
@@ -787,21 +789,17 @@ def mixed(
         schema=CONTAMINATION_SCHEMA | {"component": pl.String, "source": pl.String})
     sample = sample_mix(candidate_frame.select("component", "id", "tokens", "lang"), config=config)
 
-    # the sampled texts, read back source part by source part, in mix order
-    texts = []
-    for name, frames in sources.items():
-        wanted = sample.order.filter(pl.col("component") == name).select("id").unique()
-        if wanted.height == 0:
-            continue
-        for _, lazy in frames:
-            texts.append(lazy.join(wanted.lazy(), on="id", how="semi").select(
-                pl.lit(name).alias("component"), "id", "text").collect())
-    text_frame = pl.concat(texts).unique(["component", "id"], keep="first") if texts else pl.DataFrame(
-        schema={"component": pl.String, "id": pl.String, "text": pl.String})
-    mix = sample.order.join(text_frame, on=["component", "id"], how="left").sort("position")
+    # the sampled texts, spilled by output shard (one pass over the sources), then written shard by shard
+    order = sample.order
+    shard_rows = config.export.shard_rows
+    spill = store.path("tmp", "mixed", config.name, version)
+    store.remove_tree(spill)
+    spill_texts(store, sources=sources, order=order, spill=spill, shard_rows=shard_rows)
     folder = writer.folder  # written through the store: its credentials, endpoint and retries
-    exported = export_mix(mix, folder=folder, config=config.export, tokenizer=config.tokenizer, num_threads=2,
+    exported = export_mix(mix_shards(store, order=order, spill=spill, shard_rows=shard_rows), order=order,
+                          folder=folder, config=config.export, tokenizer=config.tokenizer, num_threads=2,
                           write=store.write_bytes)
+    store.remove_tree(spill)
     if contamination.height:
         store.write_parquet(contamination, posixpath.join(writer.folder, "contamination.parquet"))
     mix_stats = dict(sample.stats) | {
@@ -836,7 +834,7 @@ def mixed(
             rewritten_manifest = store.manifest("rewritten", crawl, chain["rewritten"])
             if rewritten_manifest is not None:
                 upstream["rewritten"].append(json.loads(rewritten_manifest.to_json()))
-    lengths = mix["tokens"].to_numpy() if mix.height else None
+    lengths = order["tokens"].to_numpy() if order.height else None
     card = write_data_card(folder=folder, mix_stats=mix_stats, upstream_manifests=upstream,
                            name=f"textmill-{config.name}", lengths=lengths, write=store.write_bytes)
     parts = [_part_info(store, writer.folder, f["path"], rows=f["rows"]) for f in exported["files"]]
@@ -845,10 +843,12 @@ def mixed(
     if contamination.height:
         extra["contamination"] = [_part_info(store, writer.folder, "contamination.parquet", rows=contamination.height)]
     if exported.get("packed"):
+        packed = exported["packed"]
         extra["packed"] = [_part_info(store, writer.folder, name)
-                           for name in ("tokens.npy", "tokens-index.parquet", "tokens.json")]
+                           for name in [*packed["tokens_files"], *packed["index_files"], "tokens.json"]]
     main = mix_stats.get("phases", {}).get("main", {})
-    statistics = {"mix": mix_stats, "documents": mix.height, "tokens": int(mix["tokens"].sum() or 0) if mix.height else 0,
+    statistics = {"mix": mix_stats, "documents": order.height,
+                  "tokens": int(order["tokens"].sum() or 0) if order.height else 0,
                   "within_tolerance": main.get("within_tolerance"), "card": store.uri(card["readme"])}
     wall = time.perf_counter() - started
     manifest = writer.commit(

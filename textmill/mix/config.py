@@ -91,7 +91,7 @@ class DecontamConfig(BaseModel):
     # Questions shorter than ``ngram`` words match as a whole (all their words in a row) when they
     # have at least this many words; shorter ones are ignored (too generic to mean contamination).
     short_question_min_words: int | None = Field(default=8, ge=3)
-    batch_documents: int = Field(default=20_000, gt=0)
+    batch_documents: int = Field(default=2_000, gt=0)  # bounds the per-batch word and n-gram arrays
 
 
 class ExportConfig(BaseModel):
@@ -103,6 +103,8 @@ class ExportConfig(BaseModel):
     sequence_length: int | None = Field(default=None, ge=16)
     packer: Literal["concat", "best_fit"] = "best_fit"
     eos_between_documents: bool = True
+    # documents are packed in windows of about this many tokens: memory is bounded by the window
+    pack_window_tokens: int = Field(default=4_194_304, ge=1024)
 
 
 class MixConfig(BaseModel):

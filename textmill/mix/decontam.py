@@ -159,7 +159,7 @@ def _find_batch(ids: pl.Series, texts: pl.Series, index: BenchmarkIndex) -> pl.D
 
 
 def find_contamination(docs: pl.DataFrame | pl.LazyFrame, *, index: BenchmarkIndex, id_column: str = "id",
-                       text_column: str = "text", batch_documents: int = 20_000) -> pl.DataFrame:
+                       text_column: str = "text", batch_documents: int = 2_000) -> pl.DataFrame:
     """One row per (contaminated document, benchmark): the longest matching span and its question."""
     frame = docs.select(id_column, text_column)
     frame = frame.collect() if isinstance(frame, pl.LazyFrame) else frame

@@ -7,11 +7,17 @@ into pieces of at most ``sequence_length`` tokens (only documents longer than a 
 then places pieces, longest first, into the open sequence with the least room that still fits
 (best-fit decreasing), opening a new one when none fits. The bin search is a segment tree over
 remaining capacities: O(pieces × log sequence_length). Token placement is vectorised.
+
+A mix is packed in windows (``WindowPacker``): documents in mix order are gathered until the window
+holds ``window_tokens`` tokens, the window is packed on its own and handed on, so memory is bounded by
+the window, not by the mix budget. Each window's last sequence may be padded; windows of millions of
+tokens make that a rounding error, and best-fit finds its fits within a window.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -160,3 +166,79 @@ def pack(flat: np.ndarray, offsets: np.ndarray, *, ids: pl.Series, sequence_leng
     log.info("%s packing: %d sequences, padding %.2f%%, truncation %.2f%%", packer, packed.stats["sequences"],
              100 * packed.stats["padding_rate"], 100 * packed.stats["truncation_rate"])
     return packed
+
+
+#: Statistics that add up over windows (the rates are recomputed from them).
+_SUMMED = ("sequences", "documents", "tokens", "padding_tokens", "truncated_documents",
+           "documents_longer_than_sequence", "min_truncated_documents")
+
+
+class WindowPacker:
+    """Packs documents fed in mix order, window by window, and hands each packed window to ``emit``.
+
+    ``emit(window, packed)`` gets the window number and its ``Packed`` with global ``seq`` and ``doc``
+    numbers in the index (``doc`` = the document's place in mix order). Window boundaries depend only
+    on the documents' token counts, never on how they were batched, so the output is reproducible.
+    """
+
+    def __init__(self, *, sequence_length: int, packer: Literal["concat", "best_fit"] = "best_fit",
+                 eos: int | None = None, window_tokens: int, emit: Callable[[int, Packed], None],
+                 pad_id: int = 0) -> None:
+        self.sequence_length, self.packer, self.eos, self.pad_id = sequence_length, packer, eos, pad_id
+        self.window_tokens, self.emit = window_tokens, emit
+        self._chunks: list[np.ndarray] = []  # buffered documents' tokens, eos appended
+        self._ids: list[pl.Series] = []
+        self._lengths: list[np.ndarray] = []
+        self._buffered = 0
+        self.windows, self.sequences, self.documents = 0, 0, 0
+        self.totals = dict.fromkeys(_SUMMED, 0)
+
+    def add(self, flat: np.ndarray, offsets: np.ndarray, *, ids: pl.Series) -> None:
+        """Buffer documents (flat tokens + offsets, in mix order); pack every window that fills up."""
+        flat, offsets = with_eos(flat, offsets, self.eos)
+        lengths = np.diff(offsets)
+        start = 0
+        while start < lengths.shape[0]:
+            # the first document that brings the buffer to a full window closes it
+            reach = np.cumsum(lengths[start:]) + self._buffered
+            full = np.flatnonzero(reach >= self.window_tokens)
+            stop = start + int(full[0]) + 1 if full.shape[0] else lengths.shape[0]
+            self._chunks.append(flat[offsets[start]:offsets[stop]])
+            self._ids.append(ids.slice(start, stop - start))
+            self._lengths.append(lengths[start:stop])
+            self._buffered += int(offsets[stop] - offsets[start])
+            start = stop
+            if full.shape[0]:
+                self._flush()
+
+    def close(self) -> dict[str, Any]:
+        """Pack what is left and return the statistics over all windows."""
+        if self._buffered or self._lengths:
+            self._flush()
+        slots = self.totals["sequences"] * self.sequence_length
+        docs = self.totals["documents"]
+        return {"packer": self.packer, "sequence_length": self.sequence_length, **self.totals,
+                "padding_rate": round(self.totals["padding_tokens"] / slots, 6) if slots else 0.0,
+                "truncation_rate": round(self.totals["truncated_documents"] / docs, 6) if docs else 0.0,
+                "windows": self.windows, "window_tokens": self.window_tokens}
+
+    def _flush(self) -> None:
+        lengths = np.concatenate(self._lengths)
+        if lengths.shape[0] == 0:
+            return
+        flat = np.concatenate(self._chunks)
+        offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = pl.concat(self._ids)
+        self._chunks, self._ids, self._lengths, self._buffered = [], [], [], 0
+        fn = pack_concat if self.packer == "concat" else pack_best_fit
+        packed = fn(flat, offsets, ids=ids, sequence_length=self.sequence_length, pad_id=self.pad_id)
+        del flat
+        index = packed.index.with_columns(pl.col("seq") + self.sequences, pl.col("doc") + self.documents)
+        packed = Packed(packed.tokens, index, packed.stats)
+        for key in _SUMMED:
+            self.totals[key] += packed.stats[key]
+        self.emit(self.windows, packed)
+        self.windows += 1
+        self.sequences += packed.stats["sequences"]
+        self.documents += packed.stats["documents"]

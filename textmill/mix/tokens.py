@@ -74,7 +74,7 @@ def _texts(texts: pl.Series) -> list[str]:
 
 
 def count_tokens(texts: pl.Series, *, encoding: str = "cl100k_base", num_threads: int = 8,
-                 batch_size: int = 4096) -> pl.Series:
+                 batch_size: int = 1024) -> pl.Series:
     """Token count of every text (UInt32), special-token strings counted as ordinary text."""
     enc = get_encoding(encoding)
     values = _texts(texts)
@@ -86,7 +86,7 @@ def count_tokens(texts: pl.Series, *, encoding: str = "cl100k_base", num_threads
 
 
 def encode(texts: pl.Series, *, encoding: str = "cl100k_base", num_threads: int = 8,
-           batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+           batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """All texts encoded into one flat uint32 array plus int64 offsets (len n+1), doc i = flat[o[i]:o[i+1]]."""
     enc = get_encoding(encoding)
     values = _texts(texts)

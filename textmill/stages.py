@@ -812,7 +812,8 @@ def mixed(
                                  .iter_rows())
             if contamination.height else {},
         },
-        "packed": exported.get("packed"),
+        "packed": {k: v for k, v in exported["packed"].items() if not k.endswith("_files")}
+        if exported.get("packed") else None,  # tokens.json and the manifest list the files
         "candidates": {"documents": candidate_frame.height,
                        "tokens": int(candidate_frame["tokens"].sum() or 0),
                        "by_component": dict(candidate_frame.group_by("component").agg(pl.col("tokens").sum())

@@ -38,6 +38,7 @@ from textmill.gc import find_garbage
 from textmill.storage import MANIFEST, Store
 
 sys.path.insert(0, str(Path(__file__).parent))
+pytest.register_assert_rewrite("llm_server")  # a plugin of test_crash_resume, imported here first
 from crash_driver import CRAWL, run_stage  # noqa: E402
 from llm_server import free_port  # noqa: E402
 from test_crash_resume import (  # noqa: E402

@@ -7,6 +7,8 @@ the upstream versions are the stage's inputs (raw: none; deduped: raw; filtered:
 rewritten: filtered; mixed: filtered and rewritten). The crawl is `CRAWL` below. On success
 it prints one JSON line: {"version": ..., "reused": ...}. It is a plain script (not a
 test module) so the drill starts exactly what a user's run starts: the stage and its pool.
+The store takes the recipe's `storage.storage_options` (an S3 root: endpoint and keys), and
+`execution.backend: ray` runs the shards on Ray (`execution.ray_address`, or a local Ray).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import sys
 
 from textmill.config import Recipe
-from textmill.executor import Executor, LocalProcessExecutor
+from textmill.executor import Executor, LocalProcessExecutor, RayExecutor
 from textmill.stages import deduped, filtered, mixed, raw, rewritten
 from textmill.storage import Store
 
@@ -29,7 +31,10 @@ def run_stage(stage: str, store: Store, recipe: Recipe, upstream: list[str],
     """Run `stage` once with `executor` (default: a new pool of `execution.workers`); returns its
     version, whether it was reused and (rewritten) its statistics."""
     with contextlib.ExitStack() as stack:
-        if executor is None:
+        if executor is None and recipe.execution.backend == "ray":
+            executor = stack.enter_context(RayExecutor(workers=recipe.execution.workers,
+                                                       address=recipe.execution.ray_address))
+        elif executor is None:
             executor = stack.enter_context(LocalProcessExecutor(workers=recipe.execution.workers or 2))
         if stage == "raw":
             result = raw(store=store, crawl=CRAWL, config=recipe.raw, executor=executor)
@@ -55,7 +60,8 @@ def main() -> None:
     stage, root, recipe_json, *upstream = sys.argv[1:]
     logging.basicConfig(level=logging.WARNING)
     recipe = Recipe.model_validate_json(recipe_json)
-    print(json.dumps(run_stage(stage, Store(root), recipe, upstream), default=str), flush=True)
+    store = Store(root, storage_options=recipe.storage.storage_options)
+    print(json.dumps(run_stage(stage, store, recipe, upstream), default=str), flush=True)
 
 
 if __name__ == "__main__":

@@ -229,15 +229,15 @@ def manifest_problems(store: Store, manifest: Manifest) -> list[str]:
 class Reader(threading.Thread):
     """Polls `versions()` and `latest()` of one partition and reads every version they list."""
 
-    def __init__(self, root: Path, stage: str) -> None:
+    def __init__(self, root: Path, stage: str, *, store: Store | None = None) -> None:
         super().__init__(daemon=True)
-        self.root, self.stage = root, stage
+        self.root, self.stage, self.store = root, stage, store  # `store`: another root (S3) than the folder
         self.stop = threading.Event()
         self.polls = self.unfinished_seen = self.versions_read = 0
         self.problems: list[str] = []
 
     def run(self) -> None:
-        store = Store(str(self.root))
+        store = self.store or Store(str(self.root))
         part = partition(self.stage)
         while not self.stop.is_set():
             self.polls += 1
@@ -367,9 +367,9 @@ def run_driver(stage: str, root: Path, recipe: Recipe, upstream: list[str], *,
 class Watcher(threading.Thread):
     """Counts a stage's written files while an uninterrupted run is in progress (where kill points come from)."""
 
-    def __init__(self, root: Path, stage: str) -> None:
+    def __init__(self, root: Path, stage: str, *, store: Store | None = None) -> None:
         super().__init__(daemon=True)
-        self.root, self.stage = root, stage
+        self.root, self.stage, self.store = root, stage, store  # `store`: another root (S3) than the folder
         self.stop = threading.Event()
         self.peak = 0
 

@@ -1,4 +1,4 @@
-"""The `textmill` command: demo, run, ui, inspect, status, quality.
+"""The `textmill` command: demo, run, ui, inspect, status, gc, quality.
 
 `demo` and `run` materialize assets through Dagster (so every run has lineage and shows
 up in `textmill ui`); `inspect` reads dataset versions directly.
@@ -432,6 +432,62 @@ def status(recipe: RecipeOption = None, root: RootOption = None) -> None:
         manifest = store.latest("mixed", mix)
         if manifest is not None:
             console.print(f"mix {mix}: version {manifest.version}, {manifest.statistics.get('tokens', 0):,} tokens")
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:,} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return str(count)
+
+
+def _age(age) -> str:
+    seconds = age.total_seconds()
+    return (f"{seconds / 86400:.1f} d" if seconds >= 2 * 86400 else f"{seconds / 3600:.1f} h" if seconds >= 3600
+            else f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s")
+
+
+@app.command()
+def gc(
+    recipe: RecipeOption = None,
+    root: RootOption = None,
+    older_than: Annotated[str, typer.Option(
+        "--older-than", help="grace period: only leftovers untouched for this long (24h, 6h, 30m, 2d)")] = "24h",
+    apply: Annotated[bool, typer.Option("--apply", help="delete them (default: a dry run that only lists)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the list as JSON lines")] = False,
+) -> None:
+    """Remove what killed runs left behind: unfinished version folders, their quarantine, work
+    folders, incomplete dedup index entries and temp files. A dry run unless --apply."""
+    import json
+
+    from textmill.gc import collect_garbage, parse_duration
+    from textmill.storage import Store
+
+    try:
+        grace = parse_duration(older_than)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] --older-than: {exc}")
+        raise typer.Exit(2) from None
+    settings = _configure(recipe, root)
+    store = Store(settings.storage.root, storage_options=settings.storage.storage_options)
+    report = collect_garbage(store, older_than=grace, apply=apply)
+    if as_json:
+        for item in report.found:
+            print(json.dumps(item.as_dict(store) | {"deleted": item in report.deleted}))
+    elif report.found:
+        table = Table(title=f"textmill gc: {store.uri(store.base)} (older than {older_than})")
+        for column in ("kind", "path", "files", "bytes", "age"):
+            table.add_column(column, overflow="fold")
+        for item in report.found:
+            table.add_row(item.kind, store.uri(item.path), str(item.files), _size(item.bytes), _age(item.age))
+        console.print(table)
+    total = f"{len(report.found)} leftover(s), {_size(report.bytes_found)}"
+    if not apply:
+        console.print(f"dry run: {total} would be deleted; nothing was deleted (--apply deletes them)")
+    else:
+        console.print(f"deleted {len(report.deleted)} of {total}"
+                      + (f"; {len(report.skipped)} changed since found and were left alone" if report.skipped else ""))
 
 
 quality_app = typer.Typer(no_args_is_help=True, help="fastText quality classifier: train it, or distil it from LLM grades.")

@@ -360,10 +360,8 @@ def deduped(
     # cluster: every step is one task per bucket reading and writing the work folder
     began = time.perf_counter()
     candidate_pairs = sum(executor.map(pipeline.graph_bucket, buckets)) if config.near else 0
-    step = 0
-    if candidate_pairs:  # connected components: label rounds until no label changes
-        while sum(cluster_step(pipeline.label_step, step)):
-            step += 1
+    if candidate_pairs:  # connected components on disk: label rounds until no label changes
+        step = pipeline.label_components(plan, executor)
         log.info("deduped %s: connected components after %d label rounds", crawl, step + 1)
         cluster_step(pipeline.component_members, step)
         list(executor.map(pipeline.near_members, buckets))

@@ -36,6 +36,7 @@ from textmill.config import DedupConfig
 from textmill.dedup import index as dedup_index
 from textmill.dedup.minhash import MinHasher, shingle_hashes
 from textmill.dedup.normalize import normalized_text, normalized_url
+from textmill.executor import Executor
 from textmill.storage import PartInfo, Store
 
 log = logging.getLogger(__name__)
@@ -408,6 +409,23 @@ def label_step(task: StepTask) -> int:
     jumps = changed.filter(pl.col("label") != pl.col("node")).select(target="label", asker="node")
     sent = write_bucketed(plan, f"cand-{step:03d}", from_name(bucket), candidates, candidates["node"])
     return sent + write_bucketed(plan, f"ask-{step:03d}", from_name(bucket), jumps, jumps["target"])
+
+
+def label_components(plan: Plan, executor: Executor) -> int:
+    """Label rounds over the graph's buckets until no message is sent; returns the final round.
+
+    The final round's labels (work/labels/step-*/) give each node its component's lowest doc key.
+    """
+    step, buckets = 0, 1 << plan.bucket_bits
+    while sum(executor.map(label_step, [StepTask(plan, b, step) for b in range(buckets)])):
+        step += 1
+    return step
+
+
+def final_labels(plan: Plan, step: int, bucket: int) -> pl.DataFrame:
+    """One bucket's (node, label) after round `step` (empty if the bucket has no node)."""
+    path = _labels_path(plan, step, bucket)
+    return plan.store.scan_files([path]).collect() if plan.store.exists(path) else pl.DataFrame(schema=LABEL_SCHEMA)
 
 
 def component_members(task: StepTask) -> int:

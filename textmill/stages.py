@@ -306,6 +306,7 @@ def deduped(
     version = content_version(stage="deduped", code_version=CODE_VERSIONS["deduped"], config=config_json,
                               inputs=inputs)
     if (existing := _reuse(store, "deduped", crawl, version)) is not None:
+        store.remove_tree(store.path("tmp", "deduped", crawl, version))  # a run killed after its commit
         return existing
 
     started = time.perf_counter()

@@ -361,9 +361,8 @@ def deduped(
     # cluster: every step is one task per bucket reading and writing the work folder
     began = time.perf_counter()
     candidate_pairs = sum(executor.map(pipeline.graph_bucket, buckets)) if config.near else 0
-    if candidate_pairs:  # connected components on disk: label rounds until no label changes
+    if candidate_pairs:  # connected components on disk: star rounds until the graph stops changing
         step = pipeline.label_components(plan, executor)
-        log.info("deduped %s: connected components after %d label rounds", crawl, step + 1)
         cluster_step(pipeline.component_members, step)
         list(executor.map(pipeline.near_members, buckets))
     list(executor.map(pipeline.combine_bucket, buckets))

@@ -7,8 +7,8 @@
     exact    (per bucket)  exact-text groups among URL survivors (earliest fetch, then id),
                             and matches against earlier crawls' kept texts
     edges    (per bucket)  documents sharing a band key (this crawl and the earlier index)
-    cluster  (per bucket,  optional exact-Jaccard verification, connected components by label
-              rounds)       propagation, the kept document per cluster, parent chains resolved
+    cluster  (per bucket,  optional exact-Jaccard verification, connected components by star
+              rounds)       rounds, the kept document per cluster, parent chains resolved
     write    (per part)    kept documents with dup_cluster / dup_cluster_size; removed rows
     index    (per bucket)  kept documents' band keys and text hashes → state/dedup/{scope}/...
 
@@ -16,9 +16,9 @@ Memory: workers hold one part or one bucket at a time (buckets are sized from th
 Every phase's result stays on disk in the work folder, bucketed by the key the next phase
 joins on (group members and graph edges by doc key, cluster members by component), so the
 parent only passes file names and counts: its memory does not grow with the crawl nor with
-the duplicates found. Connected components are disk-based: rounds of min-label propagation
-with pointer jumping, one bucket per task, until no label changes (band groups are stars, so
-few rounds).
+the duplicates found. Connected components are disk-based: alternating large-star and
+small-star rounds (Kiveris et al. 2014), one bucket per task, until the graph stops changing;
+about log n rounds whatever a component's diameter.
 """
 
 from __future__ import annotations
@@ -341,7 +341,7 @@ def verify_pairs(plan: Plan, edges: pl.DataFrame, texts: pl.DataFrame, threshold
 
 @dataclass(frozen=True)
 class StepTask:
-    """One bucket's share of a cluster step; `step` numbers label-propagation rounds."""
+    """One bucket's share of a cluster step; `step` numbers star rounds."""
 
     plan: Plan
     bucket: int
@@ -378,47 +378,66 @@ def _labels_path(plan: Plan, step: int, bucket: int) -> str:
     return plan.work("labels", f"step-{step:03d}", f"{dedup_index.bucket_name(bucket)}.parquet")
 
 
-def label_step(task: StepTask) -> int:
-    """One round of min-label propagation with pointer jumping for the nodes of one bucket.
+def _star_input(step: int) -> str:
+    return "graph" if step == 0 else f"star-{step - 1:03d}"
 
-    A node's label is the lowest doc key it has heard of in its component. A node whose label
-    dropped tells its neighbours (`cand-*`) and asks its new label's node for that node's label
-    (`ask-*`); a node asked answers when its own label is lower than itself. Returns the number
-    of messages sent: none means every label is final (the component's lowest doc key).
+
+def star_step(task: StepTask) -> tuple[int, int]:
+    """One round of alternating large-star / small-star (Kiveris et al. 2014) on one bucket's nodes.
+
+    The graph is kept as directed pairs both ways, filed by `src`. Large-star (even rounds) links
+    every neighbour larger than a node to the lowest key around it; small-star (odd rounds) links
+    the node and its smaller neighbours to the lowest of them. Both keep the components, and
+    together they turn each component into a star around its lowest key in O(log² n) rounds
+    (about log n in practice), whatever its diameter. Returns (rows, digest) of this round's
+    input, so the caller sees when a round changed nothing.
     """
     plan, step, bucket = task.plan, task.step, task.bucket
-    graph = plan.read_bucket("graph", bucket, GRAPH_SCHEMA)
-    if graph.height == 0:
+    edges = plan.read_bucket(_star_input(step), bucket, GRAPH_SCHEMA).unique()
+    if edges.height == 0:
+        return 0, 0
+    digest = int(np.bitwise_xor.reduce(edges.hash_rows(seed=0x57A2).to_numpy()))  # pairs are unique
+    if step % 2 == 0:  # large star
+        lowest = pl.min_horizontal("src", pl.col("dst").min().over("src"))  # over all of a node's neighbours
+        links = edges.with_columns(b=lowest).filter(pl.col("dst") > pl.col("src")).select(a="dst", b="b")
+    else:  # small star
+        smaller = edges.filter(pl.col("dst") < pl.col("src"))
+        lowest = smaller.group_by("src").agg(b=pl.col("dst").min())
+        links = pl.concat([smaller.join(lowest, on="src").select(a="dst", b="b"), lowest.select(a="src", b="b")])
+    links = links.filter(pl.col("a") != pl.col("b"))
+    both = pl.concat([links.select(src="a", dst="b"), links.select(src="b", dst="a")])
+    write_bucketed(plan, f"star-{step:03d}", from_name(bucket), both, both["src"])
+    return edges.height, digest
+
+
+def star_labels(task: StepTask) -> int:
+    """(node, label) of one bucket from the final star graph: a star's centre is its lowest key."""
+    plan = task.plan
+    edges = plan.read_bucket(_star_input(task.step), task.bucket, GRAPH_SCHEMA)
+    if edges.height == 0:
         return 0
-    if step == 0:
-        labels = graph.select(node="src").unique().with_columns(label="node")
-        changed, replies = labels, pl.DataFrame(schema=LABEL_SCHEMA)
-    else:
-        labels = plan.store.scan_files([_labels_path(plan, step - 1, bucket)]).collect()
-        heard = plan.read_bucket(f"cand-{step - 1:03d}", bucket, LABEL_SCHEMA).group_by("node").agg(
-            heard=pl.col("label").min())
-        labels = labels.join(heard, on="node", how="left")
-        changed = labels.filter(pl.col("heard") < pl.col("label")).select("node", label="heard")
-        labels = labels.select("node", label=pl.min_horizontal("label", "heard"))
-        asks = plan.read_bucket(f"ask-{step - 1:03d}", bucket, ASK_SCHEMA)
-        replies = (asks.join(labels, left_on="target", right_on="node")
-                   .filter(pl.col("label") < pl.col("target")).select(node="asker", label="label"))
-    plan.store.write_parquet(labels, _labels_path(plan, step, bucket))
-    told = graph.join(changed, left_on="src", right_on="node").select(node="dst", label="label")
-    candidates = pl.concat([told, replies]).group_by("node").agg(pl.col("label").min())
-    jumps = changed.filter(pl.col("label") != pl.col("node")).select(target="label", asker="node")
-    sent = write_bucketed(plan, f"cand-{step:03d}", from_name(bucket), candidates, candidates["node"])
-    return sent + write_bucketed(plan, f"ask-{step:03d}", from_name(bucket), jumps, jumps["target"])
+    labels = edges.group_by("src").agg(label=pl.min_horizontal(pl.col("src").first(), pl.col("dst").min())).rename(
+        {"src": "node"}).sort("node")
+    plan.store.write_parquet(labels, _labels_path(plan, task.step, task.bucket))
+    return labels.height
 
 
 def label_components(plan: Plan, executor: Executor) -> int:
-    """Label rounds over the graph's buckets until no message is sent; returns the final round.
-
-    The final round's labels (work/labels/step-*/) give each node its component's lowest doc key.
+    """Star rounds over the graph's buckets until a large-star and a small-star round both change
+    nothing; writes each node's label (its component's lowest doc key) and returns the final round.
     """
-    step, buckets = 0, 1 << plan.bucket_bits
-    while sum(executor.map(label_step, [StepTask(plan, b, step) for b in range(buckets)])):
+    buckets = range(1 << plan.bucket_bits)
+    step, inputs = 0, []
+    while True:
+        inputs.append(list(executor.map(star_step, [StepTask(plan, b, step) for b in buckets])))
+        if step >= 2:
+            plan.store.remove_tree(plan.work(f"star-{step - 2:03d}"))  # no round reads it again
+        if not any(rows for rows, _ in inputs[-1]) or (len(inputs) >= 3 and inputs[-1] == inputs[-2] == inputs[-3]):
+            break
         step += 1
+    for _ in executor.map(star_labels, [StepTask(plan, b, step) for b in buckets]):
+        pass
+    log.info("deduped %s: connected components in %d star rounds", plan.crawl, step + 1)
     return step
 
 

@@ -306,6 +306,7 @@ def deduped(
     version = content_version(stage="deduped", code_version=CODE_VERSIONS["deduped"], config=config_json,
                               inputs=inputs)
     if (existing := _reuse(store, "deduped", crawl, version)) is not None:
+        store.remove_tree(store.path("tmp", "deduped", crawl, version))  # a run killed after its commit
         return existing
 
     started = time.perf_counter()
@@ -318,9 +319,9 @@ def deduped(
     plan = pipeline.Plan(
         store=store, crawl=crawl, config=config, work_dir=work_dir, version_dir=writer.folder, bands=bands, rows=rows,
         bucket_bits=_bucket_bits(config, documents=raw_manifest.rows, bands=bands, workers=executor.workers),
-        index_entries=tuple(entries), index_dir=index_dir,
+        index_entries=tuple(entries), index_dir=index_dir, raw_parts=tuple(store.part_uris(raw_manifest)),
     )
-    parts = store.part_uris(raw_manifest)
+    parts = list(plan.raw_parts)
     buckets = [pipeline.BucketTask(plan, b) for b in range(1 << plan.bucket_bits)]
     steps = 2 * len(parts) + 4 * len(buckets) + 1
     done = 0
@@ -335,48 +336,41 @@ def deduped(
     def timed(name: str, began: float) -> None:
         timings[f"{name}_seconds"] = round(time.perf_counter() - began, 4)
 
-    def bucket_phase(name: str, function: Callable, enabled: bool, empty: dict) -> pl.DataFrame:
-        """Run one per-bucket phase and gather its (small) results: only documents with duplicates."""
-        began, frames = time.perf_counter(), []
+    def bucket_phase(name: str, function: Callable, enabled: bool) -> None:
+        """Run one per-bucket phase; its results stay in the work folder."""
+        began = time.perf_counter()
         if enabled:
-            for frame in executor.map(function, buckets):
-                frames.append(frame)
+            for _ in executor.map(function, buckets):
                 tick(name)
         else:
             tick(name, len(buckets))
         timed(name, began)
-        return pl.concat(frames) if frames else pl.DataFrame(schema=empty)
+
+    def cluster_step(function: Callable, step: int = 0) -> list:
+        return list(executor.map(function, [pipeline.StepTask(plan, b, step) for b in range(len(buckets))]))
 
     began = time.perf_counter()
     for _ in executor.map(pipeline.sign_part, [pipeline.PartTask(plan, i, uri) for i, uri in enumerate(parts)]):
         tick("signatures")
     timed("sign", began)
 
-    member = pipeline.MEMBER_SCHEMA
-    url = bucket_phase("url", pipeline.url_groups, config.url, member | {"url_parent": pl.UInt64()})
-    url_removed = url.filter(pl.col("url_parent") != pl.col("doc_key")).select("doc_key")
-    store.write_parquet(url_removed, plan.removed_keys_path("url"))
-    exact = bucket_phase("exact", pipeline.exact_groups, config.exact, member | {
-        "exact_parent": pl.UInt64(), "exact_kind": pl.String(), "parent_id": pl.String()})
-    early_removed = pl.concat([url_removed, exact.filter(pl.col("exact_kind").is_not_null()).select("doc_key")])
-    store.write_parquet(early_removed, plan.removed_keys_path("exact"))
-    edges = bucket_phase("edges", pipeline.bucket_edges, config.near, pipeline.EDGES_SCHEMA).unique()
+    bucket_phase("url", pipeline.url_groups, config.url)
+    bucket_phase("exact", pipeline.exact_groups, config.exact)
+    bucket_phase("edges", pipeline.bucket_edges, config.near)
 
+    # cluster: every step is one task per bucket reading and writing the work folder
     began = time.perf_counter()
-    ends = pl.concat([edges["doc_key"], edges["other"]]).unique()
-    nodes = pipeline.documents_by_key(plan, len(parts), ends)
-    texts = None
-    if config.minhash.verify_jaccard and edges.height:
-        texts = store.scan(raw_manifest).select(pipeline.doc_key(), "text").join(
-            nodes.select("doc_key").lazy(), on="doc_key", how="semi").collect(engine="streaming")
-    near = pipeline.near_clusters(plan, edges, nodes, texts)
-    del texts, nodes
-    table = pipeline.finalize(plan, pipeline.combine(url, exact, near))
-    del url, exact, near
-    store.write_parquet(table.filter(pl.col("kind").is_not_null()).select("doc_key"), plan.removed_keys_path("all"))
-    for (part,), decisions in table.select("part", "doc_key", "kind", "dup_cluster", "dup_cluster_size").partition_by(
-            "part", as_dict=True, include_key=False).items():
-        store.write_parquet(decisions, plan.decisions_path(part))
+    candidate_pairs = sum(executor.map(pipeline.graph_bucket, buckets)) if config.near else 0
+    if candidate_pairs:  # connected components on disk: star rounds until the graph stops changing
+        step = pipeline.label_components(plan, executor)
+        cluster_step(pipeline.component_members, step)
+        list(executor.map(pipeline.near_members, buckets))
+    list(executor.map(pipeline.combine_bucket, buckets))
+    cluster_step(pipeline.answer_bucket, 0)  # parent chains have at most three links: two jumps reach the roots
+    cluster_step(pipeline.jump_bucket, 0)
+    cluster_step(pipeline.answer_bucket, 1)
+    cluster_step(pipeline.rooted_bucket, 1)
+    bucket_stats = list(executor.map(pipeline.finalize_bucket, buckets))
     tick("clusters")
     timed("cluster", began)
 
@@ -401,16 +395,17 @@ def deduped(
                       json.dumps({"bucket_bits": plan.bucket_bits, "documents": kept_rows}).encode())
     timed("index", began)
 
-    removed_by_kind = {kind: 0 for kind in pipeline.KINDS} | dict(
-        table.filter(pl.col("kind").is_not_null()).group_by("kind").len().iter_rows())
-    kept_table = table.filter(pl.col("kind").is_null())  # kept documents that have duplicates
-    sizes = kept_table["dup_cluster_size"]
-    histogram = {label: int(((sizes >= low) & (sizes <= high)).sum())
-                 for label, low, high in (("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6-10", 6, 10),
-                                          ("11-100", 11, 100), (">100", 101, 1 << 62))}
-    histogram["1"] += kept_rows - kept_table.height  # every other kept document is a cluster of one
-    largest = kept_table.filter(pl.col("dup_cluster_size") > 1).sort(
-        ["dup_cluster_size", "id"], descending=[True, False]).head(5).select("id", "dup_cluster_size")
+    removed_by_kind = {kind: 0 for kind in pipeline.KINDS}
+    histogram = pipeline.size_histogram(pl.Series([], dtype=pl.Int64))
+    for found in bucket_stats:
+        for kind, count in found["removed_by_kind"].items():
+            removed_by_kind[kind] += count
+        for label, count in found["histogram"].items():
+            histogram[label] += count
+    # every other kept document is a cluster of one
+    histogram["1"] += kept_rows - sum(found["kept_with_duplicates"] for found in bucket_stats)
+    largest = pipeline.largest_clusters(pl.DataFrame(
+        [row for found in bucket_stats for row in found["largest"]], schema={"id": pl.String, "dup_cluster_size": pl.Int64}))
     wall = time.perf_counter() - started
     statistics = {
         "documents_in": raw_manifest.rows,
@@ -423,7 +418,7 @@ def deduped(
         "bands": bands,
         "rows": rows,
         "bucket_bits": plan.bucket_bits,
-        "candidate_pairs": edges.height,
+        "candidate_pairs": candidate_pairs,
         "earlier_crawls": [entry.crawl for entry in entries],
         "index": store.uri(index_dir),
     }

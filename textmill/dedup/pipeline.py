@@ -1,21 +1,24 @@
 """The deduped stage's phases. Parallel phases run per raw part or per hash bucket.
 
-    sign     (per part)    per document: doc key, id, fetch time → work/docs/part-*.parquet;
+    sign     (per part)    per document: doc key, id, fetch time bucketed by doc key (work/keys/);
                             the same bucketed by normalized-URL hash (work/url/), by exact-text
                             hash (work/text/) and MinHash band keys by key (work/bands/)
     url      (per bucket)  URL groups: the newest fetch stays
     exact    (per bucket)  exact-text groups among URL survivors (earliest fetch, then id),
                             and matches against earlier crawls' kept texts
     edges    (per bucket)  documents sharing a band key (this crawl and the earlier index)
-    cluster  (once)        optional exact-Jaccard verification, connected components,
-                            the kept document per cluster
+    cluster  (per bucket,  optional exact-Jaccard verification, connected components by star
+              rounds)       rounds, the kept document per cluster, parent chains resolved
     write    (per part)    kept documents with dup_cluster / dup_cluster_size; removed rows
     index    (per bucket)  kept documents' band keys and text hashes → state/dedup/{scope}/...
 
 Memory: workers hold one part or one bucket at a time (buckets are sized from the crawl).
-The parent only holds documents that have a duplicate (group members, cluster nodes and
-candidate pairs), never a table of every document, so it grows with the duplicates found,
-not with the crawl.
+Every phase's result stays on disk in the work folder, bucketed by the key the next phase
+joins on (group members and graph edges by doc key, cluster members by component), so the
+parent only passes file names and counts: its memory does not grow with the crawl nor with
+the duplicates found. Connected components are disk-based: alternating large-star and
+small-star rounds (Kiveris et al. 2014), one bucket per task, until the graph stops changing;
+about log n rounds whatever a component's diameter.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from textmill.config import DedupConfig
 from textmill.dedup import index as dedup_index
 from textmill.dedup.minhash import MinHasher, shingle_hashes
 from textmill.dedup.normalize import normalized_text, normalized_url
+from textmill.executor import Executor
 from textmill.storage import PartInfo, Store
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,13 @@ REMOVED_SCHEMA = {"id": pl.String(), "url": pl.String(), "source": pl.String(), 
                   "dup_cluster": pl.String(), "n_chars": pl.Int64()}
 EDGES_SCHEMA = {"doc_key": pl.UInt64(), "other": pl.UInt64()}
 MEMBER_SCHEMA = {"doc_key": pl.UInt64(), "id": pl.String(), "part": pl.Int32()}
+DOCS_SCHEMA = {"doc_key": pl.UInt64(), "id": pl.String(), "fetched_at": pl.Datetime("us", "UTC"), "part": pl.Int32()}
+URL_SCHEMA = MEMBER_SCHEMA | {"url_parent": pl.UInt64()}
+EXACT_SCHEMA = MEMBER_SCHEMA | {"exact_parent": pl.UInt64(), "exact_kind": pl.String(), "parent_id": pl.String()}
+NEAR_SCHEMA = MEMBER_SCHEMA | {"near_parent": pl.UInt64(), "near_kind": pl.String()}
+GRAPH_SCHEMA = {"src": pl.UInt64(), "dst": pl.UInt64()}
+LABEL_SCHEMA = {"node": pl.UInt64(), "label": pl.UInt64()}
+ASK_SCHEMA = {"target": pl.UInt64(), "asker": pl.UInt64()}
 _MASK64 = (1 << 64) - 1
 
 
@@ -74,6 +85,7 @@ class Plan:
     bucket_bits: int
     index_entries: tuple[dedup_index.IndexEntry, ...]
     index_dir: str
+    raw_parts: tuple[str, ...] = ()  # the raw version's part URIs (texts for Jaccard verification)
 
     @property
     def minhasher(self) -> MinHasher:
@@ -82,39 +94,56 @@ class Plan:
     def work(self, *parts: str) -> str:
         return posixpath.join(self.work_dir, *parts)
 
-    def docs_path(self, part: int) -> str:
-        return self.work("docs", f"part-{part:05d}.parquet")
-
-    def bucket_path(self, table: str, bucket: int, part: int) -> str:
-        return self.work(table, dedup_index.bucket_name(bucket), f"part-{part:05d}.parquet")
+    def bucket_path(self, table: str, bucket: int, name: int | str) -> str:
+        """One writer's file in a bucket folder: raw parts write `part-*`, bucket tasks `from-*`."""
+        name = f"part-{name:05d}" if isinstance(name, int) else name
+        return self.work(table, dedup_index.bucket_name(bucket), f"{name}.parquet")
 
     def bucket_files(self, table: str, bucket: int) -> list[str]:
         folder = self.work(table, dedup_index.bucket_name(bucket))
         return [posixpath.join(folder, name) for name in self.store.listdir(folder)]
 
-    def decisions_path(self, part: int) -> str:
-        return self.work("decisions", f"part-{part:05d}.parquet")
+    def read_bucket(self, table: str, bucket: int, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        """All rows written to one bucket of a work table (empty with `schema` if none)."""
+        files = self.bucket_files(table, bucket)
+        return self.store.scan_files(files).collect() if files else pl.DataFrame(schema=schema)
 
-    def removed_keys_path(self, phase: str) -> str:
-        """doc_keys removed up to a phase: `url`, `exact` (url + exact) or `all`."""
-        return self.work(f"removed-{phase}.parquet")
+    def decisions_dir(self, part: int) -> str:
+        """Decision rows of one raw part: one file per cluster bucket that has some."""
+        return self.work("decisions", f"part-{part:05d}")
+
+    def removed_keys_dir(self, phase: str) -> str:
+        """doc_keys removed by a phase (`url`, `exact`) or by all of them (`all`), one file per bucket."""
+        return self.work("removed", phase)
 
     def without_removed(self, frame: pl.LazyFrame, phase: str) -> pl.LazyFrame:
-        path = self.removed_keys_path(phase)
-        if not self.store.exists(path):
+        """Rows of documents that survive up to `phase`: `url`, `exact` (url + exact) or `all`."""
+        phases = {"url": ["url"], "exact": ["url", "exact"], "all": ["all"]}[phase]
+        files = [posixpath.join(self.removed_keys_dir(name), file) for name in phases
+                 for file in self.store.listdir(self.removed_keys_dir(name))]
+        if not files:
             return frame
-        return frame.join(self.store.scan_files([path]), on="doc_key", how="anti")
+        return frame.join(self.store.scan_files(files), on="doc_key", how="anti")
+
+    def write_removed(self, phase: str, bucket: int, keys: pl.DataFrame) -> None:
+        if keys.height:
+            self.store.write_parquet(keys.select("doc_key"),
+                                     posixpath.join(self.removed_keys_dir(phase), f"{dedup_index.bucket_name(bucket)}.parquet"))
 
 
-def write_bucketed(plan: Plan, table: str, part: int, frame: pl.DataFrame, hashes: np.ndarray) -> int:
-    """Write one part's rows into the bucket folders of `table`, by the top bits of `hashes`."""
+def write_bucketed(plan: Plan, table: str, name: int | str, frame: pl.DataFrame, hashes: np.ndarray | pl.Series) -> int:
+    """Write one writer's rows into the bucket folders of `table`, by the top bits of `hashes`."""
     if frame.height == 0:
         return 0
-    buckets = pl.Series("_bucket", top_bits(hashes, plan.bucket_bits))
+    buckets = pl.Series("_bucket", top_bits(np.asarray(hashes), plan.bucket_bits))
     for (bucket,), piece in frame.with_columns(buckets).partition_by(
             "_bucket", as_dict=True, include_key=False, maintain_order=True).items():
-        plan.store.write_parquet(piece, plan.bucket_path(table, int(bucket), part))
+        plan.store.write_parquet(piece, plan.bucket_path(table, int(bucket), name))
     return frame.height
+
+
+def from_name(bucket: int) -> str:
+    return f"from-{bucket:04d}"
 
 
 # --- sign ---------------------------------------------------------------------------------
@@ -164,7 +193,7 @@ def sign_part(task: PartTask) -> dict[str, int]:
         docs_parts.append(np.repeat(batch["doc_key"].to_numpy()[has], plan.bands))
 
     documents = frame.select("doc_key", "id", "fetched_at", "part")
-    plan.store.write_parquet(documents, plan.docs_path(task.part))
+    write_bucketed(plan, "keys", task.part, documents, documents["doc_key"])
     if config.url:
         with_url = frame.filter(pl.col("url_norm") != "").select("doc_key", "id", "fetched_at", "part", "url_norm")
         url_hashes = np.array([xxhash.xxh3_64_intdigest(u.encode()) for u in with_url["url_norm"]], dtype=np.uint64)
@@ -193,29 +222,34 @@ def _first_by(order: list[str], descending: list[bool], group: list[str]) -> pl.
     return pl.col("doc_key").sort_by(order, descending=descending, nulls_last=True).first().over(group)
 
 
-def url_groups(task: BucketTask) -> pl.DataFrame:
-    """Members of one bucket's URL groups with more than one fetch, each with the newest fetch."""
+def url_groups(task: BucketTask) -> int:
+    """Members of one bucket's URL groups with more than one fetch, each with the newest fetch.
+
+    Written to work/url-members/ by doc key; the removed ones to work/removed/url/.
+    """
     plan = task.plan
     files = plan.bucket_files("url", task.bucket)
     if not files:
-        return pl.DataFrame(schema=MEMBER_SCHEMA | {"url_parent": pl.UInt64()})
+        return 0
     frame = plan.store.scan_files(files).collect()
-    return frame.filter(pl.len().over("url_norm") > 1).select(
+    members = frame.filter(pl.len().over("url_norm") > 1).select(
         *MEMBER_SCHEMA, url_parent=_first_by(["fetched_at", "doc_key"], [True, False], ["url_norm"]))
+    write_bucketed(plan, "url-members", from_name(task.bucket), members, members["doc_key"])
+    plan.write_removed("url", task.bucket, members.filter(pl.col("url_parent") != pl.col("doc_key")))
+    return members.height
 
 
-def exact_groups(task: BucketTask) -> pl.DataFrame:
+def exact_groups(task: BucketTask) -> int:
     """Members of one bucket's exact-text groups (URL survivors only), and earlier crawls' matches.
 
     A group's earliest fetch stays unless an earlier crawl kept the same text; the others
     yield to it (`exact`), it yields to the earlier crawl's document (`exact_earlier_crawl`).
+    Written to work/exact-members/ by doc key; the removed ones to work/removed/exact/.
     """
     plan, store = task.plan, task.plan.store
-    empty = pl.DataFrame(schema=MEMBER_SCHEMA | {"exact_parent": pl.UInt64(), "exact_kind": pl.String(),
-                                                 "parent_id": pl.String()})
     files = plan.bucket_files("text", task.bucket)
     if not files:
-        return empty
+        return 0
     frame = plan.without_removed(store.scan_files(files), "url").collect()
     text = ["text_hi", "text_lo"]
     frame = frame.with_columns(keeper=_first_by(["fetched_at", "doc_key"], [False, False], text),
@@ -233,18 +267,25 @@ def exact_groups(task: BucketTask) -> pl.DataFrame:
         frame = frame.with_columns(earlier_key=pl.lit(None, dtype=pl.UInt64), earlier_id=pl.lit(None, dtype=pl.String))
     yields = pl.col("keeper") != pl.col("doc_key")
     to_earlier = ~yields & pl.col("earlier_key").is_not_null()
-    return frame.filter((pl.col("group_size") > 1) | pl.col("earlier_key").is_not_null()).select(
+    members = frame.filter((pl.col("group_size") > 1) | pl.col("earlier_key").is_not_null()).select(
         *MEMBER_SCHEMA,
         exact_parent=pl.when(yields).then("keeper").when(to_earlier).then("earlier_key").otherwise("doc_key"),
         exact_kind=pl.when(yields).then(pl.lit("exact")).when(to_earlier).then(pl.lit("exact_earlier_crawl")),
         parent_id=pl.when(to_earlier).then("earlier_id"),
     )
+    write_bucketed(plan, "exact-members", from_name(task.bucket), members, members["doc_key"])
+    plan.write_removed("exact", task.bucket, members.filter(pl.col("exact_kind").is_not_null()))
+    return members.height
 
 
 # --- edges --------------------------------------------------------------------------------
 
-def bucket_edges(task: BucketTask) -> pl.DataFrame:
-    """Pairs (doc_key, other) of documents sharing a band key, each group as a star."""
+def bucket_edges(task: BucketTask) -> int:
+    """Pairs (doc_key, other) of documents sharing a band key, each group as a star.
+
+    Written to work/edges/ by the star's centre (its lowest doc key), so a pair found in
+    several band buckets lands in one edge bucket, where it is made unique.
+    """
     plan, store = task.plan, task.plan.store
     frames = []
     files = plan.bucket_files("bands", task.bucket)
@@ -254,9 +295,8 @@ def bucket_edges(task: BucketTask) -> pl.DataFrame:
         earlier = dedup_index.earlier_band_keys(store, list(plan.index_entries), task.bucket, plan.bucket_bits)
         if earlier is not None:
             frames.append(earlier.select("key", "doc_key").with_columns(earlier=pl.lit(True)))
-    empty = pl.DataFrame(schema=EDGES_SCHEMA)
     if not frames:
-        return empty
+        return 0
     groups = (
         pl.concat(frames)
         .group_by("key")
@@ -265,12 +305,13 @@ def bucket_edges(task: BucketTask) -> pl.DataFrame:
         .collect()
     )
     if groups.height == 0:
-        return empty
-    return (
+        return 0
+    edges = (
         groups.select(pl.col("doc_key").list.first().alias("doc_key"), pl.col("doc_key").list.slice(1).alias("other"))
         .explode("other")
         .unique()
     )
+    return write_bucketed(plan, "edges", from_name(task.bucket), edges, edges["doc_key"])
 
 
 # --- cluster ------------------------------------------------------------------------------
@@ -298,52 +339,151 @@ def verify_pairs(plan: Plan, edges: pl.DataFrame, texts: pl.DataFrame, threshold
     return scored.filter(pl.col("jaccard") >= threshold).select("doc_key", "other")
 
 
-def components(edges: pl.DataFrame) -> pl.DataFrame:
-    """Connected components of an undirected graph given as key pairs: (node, component)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+@dataclass(frozen=True)
+class StepTask:
+    """One bucket's share of a cluster step; `step` numbers star rounds."""
 
-    left, right = edges["doc_key"].to_numpy(), edges["other"].to_numpy()
-    nodes, inverse = np.unique(np.concatenate((left, right)), return_inverse=True)
-    n = len(nodes)
-    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (inverse[: len(left)], inverse[len(left):])), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    return pl.DataFrame({"doc_key": nodes, "component": labels.astype(np.int64)})
+    plan: Plan
+    bucket: int
+    step: int = 0
 
 
-def documents_by_key(plan: Plan, parts: int, keys: pl.Series) -> pl.DataFrame:
-    """doc_key, id, fetched_at, part of this crawl's documents among `keys` (streamed, not loaded whole)."""
-    wanted = pl.DataFrame({"doc_key": keys.unique()}).lazy()
-    files = [plan.docs_path(p) for p in range(parts)]
-    return plan.store.scan_files(files).join(wanted, on="doc_key", how="semi").collect(engine="streaming")
+def graph_bucket(task: BucketTask) -> int:
+    """One edge bucket's unique pairs, optionally verified, as directed graph edges by source bucket.
 
-
-def near_clusters(plan: Plan, edges: pl.DataFrame, nodes: pl.DataFrame, texts: pl.DataFrame | None) -> pl.DataFrame:
-    """This crawl's cluster members with the document each yields to (`near_parent`, `near_kind`).
-
-    `nodes` holds this crawl's documents among the edges' ends; the other ends are earlier
-    crawls' kept documents. A cluster touching an earlier crawl yields to it entirely.
+    Returns the number of unique candidate pairs (before verification). With verification,
+    pairs of two documents of this crawl keep only if their exact Jaccard similarity reaches
+    the threshold; pairs with an earlier crawl's document are kept as they are.
     """
-    empty = pl.DataFrame(schema=MEMBER_SCHEMA | {"near_parent": pl.UInt64(), "near_kind": pl.String()})
-    if plan.config.minhash.verify_jaccard and edges.height:
-        current = nodes.select("doc_key")
+    plan = task.plan
+    edges = plan.read_bucket("edges", task.bucket, EDGES_SCHEMA).unique()
+    candidates = edges.height
+    threshold = plan.config.minhash.verify_jaccard
+    if threshold and edges.height:
+        ends = pl.concat([edges["doc_key"], edges["other"]]).unique().to_frame("doc_key")
+        texts = (plan.store.scan_files(list(plan.raw_parts)).select(doc_key(), "text")
+                 .join(ends.lazy(), on="doc_key", how="semi").collect(engine="streaming"))
+        current = texts.select("doc_key")
         both_current = edges.join(current, on="doc_key", how="semi").join(
             current.rename({"doc_key": "other"}), on="other", how="semi")
         cross = edges.join(both_current, on=["doc_key", "other"], how="anti")
-        edges = pl.concat([verify_pairs(plan, both_current, texts, plan.config.minhash.verify_jaccard), cross])
+        verified = verify_pairs(plan, both_current, texts, threshold) if both_current.height else both_current
+        edges = pl.concat([verified, cross])
+    both_ways = pl.concat([edges.select(src="doc_key", dst="other"), edges.select(src="other", dst="doc_key")])
+    write_bucketed(plan, "graph", from_name(task.bucket), both_ways, both_ways["src"])
+    return candidates
+
+
+def _labels_path(plan: Plan, step: int, bucket: int) -> str:
+    return plan.work("labels", f"step-{step:03d}", f"{dedup_index.bucket_name(bucket)}.parquet")
+
+
+def _star_input(step: int) -> str:
+    return "graph" if step == 0 else f"star-{step - 1:03d}"
+
+
+def star_step(task: StepTask) -> tuple[int, int]:
+    """One round of alternating large-star / small-star (Kiveris et al. 2014) on one bucket's nodes.
+
+    The graph is kept as directed pairs both ways, filed by `src`. Large-star (even rounds) links
+    every neighbour larger than a node to the lowest key around it; small-star (odd rounds) links
+    the node and its smaller neighbours to the lowest of them. Both keep the components, and
+    together they turn each component into a star around its lowest key in O(log² n) rounds
+    (about log n in practice), whatever its diameter. Returns (rows, digest) of this round's
+    input, so the caller sees when a round changed nothing.
+    """
+    plan, step, bucket = task.plan, task.step, task.bucket
+    edges = plan.read_bucket(_star_input(step), bucket, GRAPH_SCHEMA).unique()
     if edges.height == 0:
-        return empty
-    labelled = components(edges).join(nodes, on="doc_key", how="left")
+        return 0, 0
+    digest = int(np.bitwise_xor.reduce(edges.hash_rows(seed=0x57A2).to_numpy()))  # pairs are unique
+    if step % 2 == 0:  # large star
+        lowest = pl.min_horizontal("src", pl.col("dst").min().over("src"))  # over all of a node's neighbours
+        links = edges.with_columns(b=lowest).filter(pl.col("dst") > pl.col("src")).select(a="dst", b="b")
+    else:  # small star
+        smaller = edges.filter(pl.col("dst") < pl.col("src"))
+        lowest = smaller.group_by("src").agg(b=pl.col("dst").min())
+        links = pl.concat([smaller.join(lowest, on="src").select(a="dst", b="b"), lowest.select(a="src", b="b")])
+    links = links.filter(pl.col("a") != pl.col("b"))
+    both = pl.concat([links.select(src="a", dst="b"), links.select(src="b", dst="a")])
+    write_bucketed(plan, f"star-{step:03d}", from_name(bucket), both, both["src"])
+    return edges.height, digest
+
+
+def star_labels(task: StepTask) -> int:
+    """(node, label) of one bucket from the final star graph: a star's centre is its lowest key."""
+    plan = task.plan
+    edges = plan.read_bucket(_star_input(task.step), task.bucket, GRAPH_SCHEMA)
+    if edges.height == 0:
+        return 0
+    labels = edges.group_by("src").agg(label=pl.min_horizontal(pl.col("src").first(), pl.col("dst").min())).rename(
+        {"src": "node"}).sort("node")
+    plan.store.write_parquet(labels, _labels_path(plan, task.step, task.bucket))
+    return labels.height
+
+
+def label_components(plan: Plan, executor: Executor) -> int:
+    """Star rounds over the graph's buckets until a large-star and a small-star round both change
+    nothing; writes each node's label (its component's lowest doc key) and returns the final round.
+    """
+    buckets = range(1 << plan.bucket_bits)
+    step, inputs = 0, []
+    while True:
+        inputs.append(list(executor.map(star_step, [StepTask(plan, b, step) for b in buckets])))
+        if step >= 2:
+            plan.store.remove_tree(plan.work(f"star-{step - 2:03d}"))  # no round reads it again
+        if not any(rows for rows, _ in inputs[-1]) or (len(inputs) >= 3 and inputs[-1] == inputs[-2] == inputs[-3]):
+            break
+        step += 1
+    for _ in executor.map(star_labels, [StepTask(plan, b, step) for b in buckets]):
+        pass
+    log.info("deduped %s: connected components in %d star rounds", plan.crawl, step + 1)
+    return step
+
+
+def final_labels(plan: Plan, step: int, bucket: int) -> pl.DataFrame:
+    """One bucket's (node, label) after round `step` (empty if the bucket has no node)."""
+    path = _labels_path(plan, step, bucket)
+    return plan.store.scan_files([path]).collect() if plan.store.exists(path) else pl.DataFrame(schema=LABEL_SCHEMA)
+
+
+def component_members(task: StepTask) -> int:
+    """Final labels of one bucket's nodes with this crawl's document data, sent to the component's bucket.
+
+    Nodes without a document of this crawl are earlier crawls' kept documents.
+    """
+    plan = task.plan
+    path = _labels_path(plan, task.step, task.bucket)
+    if not plan.store.exists(path):
+        return 0
+    labels = plan.store.scan_files([path]).select(doc_key="node", component="label")
+    docs = plan.read_bucket("keys", task.bucket, DOCS_SCHEMA).lazy()
+    labelled = labels.join(docs, on="doc_key", how="left").collect()
+    return write_bucketed(plan, "components", from_name(task.bucket), labelled, labelled["component"])
+
+
+def near_members(task: BucketTask) -> int:
+    """This crawl's members of one bucket's components with the document each yields to.
+
+    The kept document is the earliest fetch, then lowest doc key, of this crawl's members;
+    a component touching an earlier crawl yields entirely to its lowest earlier doc key.
+    """
+    plan = task.plan
+    labelled = plan.read_bucket("components", task.bucket,
+                                DOCS_SCHEMA | {"component": pl.UInt64()})
+    if labelled.height == 0:
+        return 0
     current = labelled.filter(pl.col("id").is_not_null())
     keeper = (current.sort(["fetched_at", "doc_key"], nulls_last=True).group_by("component", maintain_order=True)
               .first().select("component", keeper="doc_key"))
     earlier = labelled.filter(pl.col("id").is_null()).group_by("component").agg(earlier=pl.col("doc_key").min())
-    return current.join(keeper, on="component").join(earlier, on="component", how="left").select(
+    near = current.join(keeper, on="component").join(earlier, on="component", how="left").select(
         *MEMBER_SCHEMA,
         near_parent=pl.coalesce("earlier", "keeper"),
         near_kind=pl.when(pl.col("earlier").is_not_null()).then(pl.lit("near_earlier_crawl"))
         .when(pl.col("keeper") != pl.col("doc_key")).then(pl.lit("near")),
     )
+    return write_bucketed(plan, "near-members", from_name(task.bucket), near, near["doc_key"])
 
 
 def combine(url: pl.DataFrame, exact: pl.DataFrame, near: pl.DataFrame) -> pl.DataFrame:
@@ -369,6 +509,69 @@ def combine(url: pl.DataFrame, exact: pl.DataFrame, near: pl.DataFrame) -> pl.Da
     )
 
 
+def _bucket_file(plan: Plan, table: str, bucket: int) -> str:
+    return plan.work(table, f"{dedup_index.bucket_name(bucket)}.parquet")
+
+
+def _read_bucket_file(plan: Plan, table: str, bucket: int) -> pl.DataFrame | None:
+    path = _bucket_file(plan, table, bucket)
+    return plan.store.scan_files([path]).collect() if plan.store.exists(path) else None
+
+
+def combine_bucket(task: BucketTask) -> int:
+    """One doc-key bucket's decision table (see `combine`); asks each parent's bucket for the parent's parent.
+
+    Parent chains (url → exact → near) are at most three links long: two rounds of pointer
+    jumping (`resolve_round`) take every member to its chain's root.
+    """
+    plan, bucket = task.plan, task.bucket
+    table = combine(plan.read_bucket("url-members", bucket, URL_SCHEMA),
+                    plan.read_bucket("exact-members", bucket, EXACT_SCHEMA),
+                    plan.read_bucket("near-members", bucket, NEAR_SCHEMA))
+    if table.height == 0:
+        return 0
+    plan.store.write_parquet(table, _bucket_file(plan, "table", bucket))
+    plan.store.write_parquet(table.select("doc_key", pointer="parent"), _bucket_file(plan, "pointer-0", bucket))
+    asks = table.select(target="parent", asker="doc_key")
+    return write_bucketed(plan, "root-ask-0", from_name(bucket), asks, asks["target"])
+
+
+def answer_bucket(task: StepTask) -> int:
+    """Answer the asks sent to one bucket in round `step`: the target's pointer (itself if it has none)."""
+    plan, bucket = task.plan, task.bucket
+    asks = plan.read_bucket(f"root-ask-{task.step}", bucket, ASK_SCHEMA)
+    if asks.height == 0:
+        return 0
+    pointers = _read_bucket_file(plan, f"pointer-{task.step}", bucket)
+    if pointers is None:
+        pointers = pl.DataFrame(schema={"doc_key": pl.UInt64(), "pointer": pl.UInt64()})
+    answers = asks.join(pointers, left_on="target", right_on="doc_key", how="left").select(
+        doc_key="asker", pointer=pl.coalesce("pointer", "target"))
+    return write_bucketed(plan, f"root-reply-{task.step}", from_name(bucket), answers, answers["doc_key"])
+
+
+def jump_bucket(task: StepTask) -> int:
+    """Collect round `step`'s answers as the bucket's new pointers; ask their buckets again (next round)."""
+    plan, bucket = task.plan, task.bucket
+    pointers = plan.read_bucket(f"root-reply-{task.step}", bucket, {"doc_key": pl.UInt64(), "pointer": pl.UInt64()})
+    if pointers.height == 0:
+        return 0
+    plan.store.write_parquet(pointers, _bucket_file(plan, f"pointer-{task.step + 1}", bucket))
+    asks = pointers.select(target="pointer", asker="doc_key")
+    return write_bucketed(plan, f"root-ask-{task.step + 1}", from_name(bucket), asks, asks["target"])
+
+
+def rooted_bucket(task: StepTask) -> int:
+    """One bucket's members with their root (the final round's answers), sent to the root's bucket."""
+    plan, bucket = task.plan, task.bucket
+    table = _read_bucket_file(plan, "table", bucket)
+    if table is None:
+        return 0
+    roots = plan.read_bucket(f"root-reply-{task.step}", bucket, {"doc_key": pl.UInt64(), "pointer": pl.UInt64()})
+    rooted = table.join(roots.rename({"pointer": "root"}), on="doc_key")
+    return write_bucketed(plan, "rooted", from_name(bucket), rooted, rooted["root"])
+
+
 def earlier_ids(store: Store, entries: list[dedup_index.IndexEntry], keys: pl.Series) -> pl.DataFrame:
     """ids of earlier-crawl documents by doc_key (from the index's exact tables, which list every kept doc)."""
     exact = dedup_index.earlier_exact(store, entries)
@@ -379,15 +582,34 @@ def earlier_ids(store: Store, entries: list[dedup_index.IndexEntry], keys: pl.Se
             .agg(pl.col("id").first().alias("earlier_id")).collect(engine="streaming"))
 
 
-def finalize(plan: Plan, table: pl.DataFrame) -> pl.DataFrame:
-    """Resolve parent chains to the cluster's kept document; add dup_cluster and dup_cluster_size."""
-    parents = table.select("doc_key", "parent")
-    root = table.select("doc_key", root=pl.col("parent"))
-    for _ in range(3):  # url → exact → near: chains are at most three links long
-        root = root.join(parents.rename({"doc_key": "root", "parent": "next"}), on="root", how="left").select(
-            "doc_key", root=pl.coalesce("next", "root"))
-    table = table.join(root, on="doc_key")
-    ids = table.select(pl.col("doc_key").alias("root"), pl.col("id").alias("root_id"))
+HISTOGRAM_BINS = (("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6-10", 6, 10), ("11-100", 11, 100), (">100", 101, 1 << 62))
+LARGEST = 5  # clusters listed in the statistics
+
+
+def size_histogram(sizes: pl.Series) -> dict[str, int]:
+    return {label: int(((sizes >= low) & (sizes <= high)).sum()) for label, low, high in HISTOGRAM_BINS}
+
+
+def largest_clusters(kept: pl.DataFrame) -> pl.DataFrame:
+    """The largest clusters by their kept document (id, dup_cluster_size), ties by id."""
+    return kept.filter(pl.col("dup_cluster_size") > 1).sort(
+        ["dup_cluster_size", "id"], descending=[True, False]).head(LARGEST).select("id", "dup_cluster_size")
+
+
+def finalize_bucket(task: BucketTask) -> dict:
+    """Clusters whose root falls in one bucket: dup_cluster (the root's id, also an earlier crawl's)
+    and dup_cluster_size; written as decision rows per raw part. Returns this bucket's statistics."""
+    plan, bucket = task.plan, task.bucket
+    stats = {"removed_by_kind": {}, "kept_with_duplicates": 0, "histogram": size_histogram(pl.Series([], dtype=pl.Int64)),
+             "largest": []}
+    schema = MEMBER_SCHEMA | {"parent_id": pl.String(), "parent": pl.UInt64(), "kind": pl.String(), "root": pl.UInt64()}
+    table = plan.read_bucket("rooted", bucket, schema)
+    if table.height == 0:
+        return stats
+    own = _read_bucket_file(plan, "table", bucket)
+    if own is None:
+        own = pl.DataFrame(schema=MEMBER_SCHEMA)
+    ids = own.select(pl.col("doc_key").alias("root"), pl.col("id").alias("root_id"))
     table = table.join(ids, on="root", how="left")
     missing = table.filter(pl.col("root_id").is_null())["root"].unique()
     if missing.len():
@@ -395,7 +617,21 @@ def finalize(plan: Plan, table: pl.DataFrame) -> pl.DataFrame:
         table = table.join(found, on="root", how="left").with_columns(
             root_id=pl.coalesce("root_id", "earlier_id", "parent_id")).drop("earlier_id")
     sizes = table.group_by("root").len("dup_cluster_size").with_columns(pl.col("dup_cluster_size").cast(pl.Int64))
-    return table.join(sizes, on="root", how="left").rename({"root_id": "dup_cluster"})
+    table = table.join(sizes, on="root", how="left").rename({"root_id": "dup_cluster"})
+
+    for (part,), decisions in table.select("part", "doc_key", "kind", "dup_cluster", "dup_cluster_size").partition_by(
+            "part", as_dict=True, include_key=False).items():
+        plan.store.write_parquet(decisions, posixpath.join(plan.decisions_dir(part),
+                                                           f"{dedup_index.bucket_name(bucket)}.parquet"))
+    removed = table.filter(pl.col("kind").is_not_null())
+    plan.write_removed("all", bucket, removed)
+    kept = table.filter(pl.col("kind").is_null())  # kept documents that have duplicates
+    return {
+        "removed_by_kind": dict(removed.group_by("kind").len().iter_rows()),
+        "kept_with_duplicates": kept.height,
+        "histogram": size_histogram(kept["dup_cluster_size"]),
+        "largest": largest_clusters(kept).to_dicts(),
+    }
 
 
 # --- write --------------------------------------------------------------------------------
@@ -414,9 +650,9 @@ def write_part(task: WriteTask) -> tuple[PartInfo | None, PartInfo | None, int]:
     """
     plan, store = task.plan, task.plan.store
     frame = store.scan_files([task.uri]).with_columns(doc_key()).collect()
-    decisions_path = plan.decisions_path(task.part)
-    if store.exists(decisions_path):
-        decisions = store.scan_files([decisions_path]).select("doc_key", "kind", "dup_cluster", "dup_cluster_size")
+    folder = plan.decisions_dir(task.part)
+    if files := [posixpath.join(folder, name) for name in store.listdir(folder)]:
+        decisions = store.scan_files(files).select("doc_key", "kind", "dup_cluster", "dup_cluster_size")
         frame = frame.join(decisions.collect(), on="doc_key", how="left", maintain_order="left")
     else:
         frame = frame.with_columns(kind=pl.lit(None, dtype=pl.String), dup_cluster=pl.lit(None, dtype=pl.String),

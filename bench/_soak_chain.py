@@ -59,7 +59,8 @@ def main() -> None:
                         "mixed": stats.get("mix", {}).get("candidates", {}).get("documents")}[name]
         event("end", name, documents_in=documents_in, documents_out=int(stats.get("documents", result.manifest.rows)),
               version=result.version, reused=result.reused,
-              statistics={k: v for k, v in stats.items() if isinstance(v, (int, float, str)) or k == "removed_by_kind"})
+              statistics={k: v for k, v in stats.items() if isinstance(v, (int, float, str)) or k == "removed_by_kind"},
+              timings=result.manifest.timings)
         return stats
 
     stage_run("raw", lambda ex: raw(store=store, crawl=args.crawl, config=recipe.raw, executor=ex))

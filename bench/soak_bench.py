@@ -16,7 +16,10 @@ It prints, per stage: documents in/out, wall and CPU seconds, documents/s and do
 core (documents / CPU seconds), peak RSS of the parent, of each worker and of the tree; then
 RSS at 10/25/50/75/100% of each stage, the least-squares slope (MiB/min) and the mean RSS of
 the stage's last quarter against its first quarter (peaks of each quarter, so a worker's
-start-up does not count as growth; "flat" when it grew by at most max(64 MiB, 15%)). The text goes to `bench/results/soak-<UTC time>.txt` and the samples to
+start-up does not count as growth). Then the same per phase (deduped: sign, url, exact, edges,
+cluster, write, index; mixed: candidates, sample, gather, export; laid end to end from the
+manifest's timings): "flat" when a phase's last quarter grew by at most max(64 MiB, 15%) over
+its first, since phases have different working sets and creep shows within one. The text goes to `bench/results/soak-<UTC time>.txt` and the samples to
 the `.json` beside it.
 """
 
@@ -44,6 +47,11 @@ REPO = Path(__file__).resolve().parents[1]
 CRAWL = "SOAK"
 MIB = 2**20
 POINTS = (0.10, 0.25, 0.50, 0.75, 1.00)
+SERIES = ("parent", "worker (largest)", "tree")
+# a stage's phases in run order, by the `{phase}_seconds` timings of its manifest
+PHASES = {"deduped": ("sign", "url", "exact", "edges", "cluster", "write", "index"),
+          "mixed": ("candidates", "sample", "gather", "export")}
+MIN_PHASE_SAMPLES = 8  # shorter phases get a peak, not a verdict
 
 
 class Sampler(threading.Thread):
@@ -133,6 +141,43 @@ def slope_mib_per_min(points: list[tuple[float, float]]) -> float:
     return sum((t - mean_t) * (y - mean_y) for t, y in points) / var * 60 / MIB
 
 
+def growth(values: list[tuple[float, int]]) -> dict:
+    """Peak RSS of the first and last quarter of a run of samples; flat when it grew ≤ max(64 MiB, 15%)."""
+    quarter = max(1, len(values) // 4)
+    first = max(v for _, v in values[:quarter])
+    last = max(v for _, v in values[-quarter:])
+    return {"first_quarter_mib": first / MIB, "last_quarter_mib": last / MIB,
+            "flat": last - first <= max(64 * MIB, 0.15 * first)}
+
+
+def phase_reports(name: str, t0: float, t1: float, timings: dict, samples: list[dict]) -> list[dict]:
+    """Memory per phase: windows laid end to end from the stage's start by the manifest's phase timings.
+
+    A stage's phases have different working sets (deduped's per-part signing, then per-bucket
+    grouping; mixed's per-part reading, then its export), so growth is judged within a phase:
+    that is where memory would creep if something accumulated over the data.
+    """
+    names = [phase for phase in PHASES.get(name, ()) if f"{phase}_seconds" in timings]
+    windows, at_ = [], t0
+    for phase in names:
+        windows.append((phase, at_, at_ + timings[f"{phase}_seconds"]))
+        at_ += timings[f"{phase}_seconds"]
+    if not windows:
+        windows = [("whole stage", t0, t1)]
+    out = []
+    for phase, start, stop in windows:
+        inside = [s for s in samples if start <= s["t"] <= stop]
+        row = {"stage": name, "phase": phase, "seconds": stop - start, "samples": len(inside), "memory": {}}
+        for series_name in SERIES:
+            values = [(s["t"], series(s, series_name)) for s in inside]
+            if not values:
+                continue
+            row["memory"][series_name] = {"peak_mib": max(v for _, v in values) / MIB} | (
+                growth(values) if len(values) >= MIN_PHASE_SAMPLES else {"flat": None})
+        out.append(row)
+    return out
+
+
 def stage_report(name: str, start: dict, end: dict, samples: list[dict]) -> dict:
     t0, t1 = start["t"], end["t"]
     inside = [s for s in samples if t0 <= s["t"] <= t1] or [at(samples, t1)]
@@ -144,25 +189,20 @@ def stage_report(name: str, start: dict, end: dict, samples: list[dict]) -> dict
         for key, rss in sample["workers"].items():
             worker_peaks[key] = max(worker_peaks.get(key, 0), rss)
     memory = {}
-    for name_ in ("parent", "worker (largest)", "tree"):
+    for name_ in SERIES:
         values = [(s["t"] - t0, series(s, name_)) for s in inside]
-        quarter = max(1, len(values) // 4)
-        first = max(v for _, v in values[:quarter])
-        last = max(v for _, v in values[-quarter:])
         memory[name_] = {
             "at": [series(at(samples, t0 + p * wall), name_) / MIB for p in POINTS],
             "peak_mib": max(v for _, v in values) / MIB,
             "slope_mib_per_min": slope_mib_per_min(values),
-            "first_quarter_mib": first / MIB,
-            "last_quarter_mib": last / MIB,
-            "flat": last - first <= max(64 * MIB, 0.15 * first),
-        }
+        } | growth(values)
     return {
         "stage": name, "documents_in": docs_in, "documents_out": end.get("documents_out"),
         "wall_s": wall, "cpu_s": cpu, "cores_used": cpu / wall if wall else 0.0,
         "docs_per_s": docs_in / wall if wall else 0.0, "docs_per_s_per_core": docs_in / cpu if cpu else 0.0,
         "samples": len(inside), "worker_peaks_mib": sorted((v / MIB for v in worker_peaks.values()), reverse=True),
         "memory": memory, "version": end.get("version"),
+        "phases": phase_reports(name, t0, t1, end.get("timings") or {}, samples),
     }
 
 
@@ -186,18 +226,37 @@ def print_report(reports: list[dict], *, docs: int, total_wall: float, facts: di
               f"| {peaks} |")
     print()
     print("RSS (MiB) at 10/25/50/75/100% of each stage; slope by least squares over the stage; "
-          "first/last ¼ = peak RSS in the stage's first/last quarter; flat = last ≤ first + max(64 MiB, 15%)")
+          "first/last ¼ = peak RSS in the stage's first/last quarter; grew = last > first + max(64 MiB, 15%) "
+          "(across a stage this also counts a later phase's larger working set: see the phase table)")
     print()
-    print("| stage | process | 10% | 25% | 50% | 75% | 100% | slope MiB/min | first ¼ | last ¼ | flat |")
+    print("| stage | process | 10% | 25% | 50% | 75% | 100% | slope MiB/min | first ¼ | last ¼ | grew |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in reports:
         for name, m in r["memory"].items():
             cells = " | ".join(f"{v:.0f}" for v in m["at"])
             print(f"| {r['stage']} | {name} | {cells} | {m['slope_mib_per_min']:+.1f} | {m['first_quarter_mib']:.0f} "
-                  f"| {m['last_quarter_mib']:.0f} | {'yes' if m['flat'] else 'NO'} |")
+                  f"| {m['last_quarter_mib']:.0f} | {'no' if m['flat'] else 'yes'} |")
     print()
-    not_flat = [f"{r['stage']}/{name}" for r in reports for name, m in r["memory"].items() if not m["flat"]]
-    print("memory flat within every stage: " + ("yes" if not not_flat else f"no ({', '.join(not_flat)})"))
+    print(f"Per phase (windows from the manifest's phase timings; flat = peak of the phase's last quarter "
+          f"≤ its first quarter's + max(64 MiB, 15%), judged on phases with ≥ {MIN_PHASE_SAMPLES} samples)")
+    print()
+    print("| stage | phase | s | samples | peak parent MiB | peak worker MiB | peak tree MiB | parent ¼→¼ "
+          "| worker ¼→¼ | tree ¼→¼ | flat |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|---|---|")
+    not_flat = []
+    for r in reports:
+        for ph in r["phases"]:
+            m = ph["memory"]
+            peaks = " | ".join(f"{m[n]['peak_mib']:.0f}" if n in m else "-" for n in SERIES)
+            moves = " | ".join(f"{m[n]['first_quarter_mib']:.0f}→{m[n]['last_quarter_mib']:.0f}"
+                               if n in m and m[n].get("flat") is not None else "-" for n in SERIES)
+            verdicts = [m[n]["flat"] for n in SERIES if n in m and m[n].get("flat") is not None]
+            verdict = "short" if not verdicts else ("yes" if all(verdicts) else "NO")
+            if verdict == "NO":
+                not_flat.append(f"{r['stage']}/{ph['phase']}")
+            print(f"| {r['stage']} | {ph['phase']} | {ph['seconds']:.1f} | {ph['samples']} | {peaks} | {moves} | {verdict} |")
+    print()
+    print("memory flat within every phase: " + ("yes" if not not_flat else f"no ({', '.join(not_flat)})"))
 
 
 def main() -> None:

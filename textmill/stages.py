@@ -782,19 +782,26 @@ def mixed(
         schema={"component": pl.String, "id": pl.String, "tokens": pl.UInt32, "lang": pl.String, "kind": pl.String})
     contamination = pl.concat(reports) if reports else pl.DataFrame(
         schema=CONTAMINATION_SCHEMA | {"component": pl.String, "source": pl.String})
+    phase_seconds = {"candidates_seconds": time.perf_counter() - started}
+    began = time.perf_counter()
     sample = sample_mix(candidate_frame.select("component", "id", "tokens", "lang"), config=config)
+    phase_seconds["sample_seconds"] = time.perf_counter() - began
 
     # the sampled texts, spilled by output shard (one pass over the sources), then written shard by shard
     order = sample.order
     shard_rows = config.export.shard_rows
     spill = store.path("tmp", "mixed", config.name, version)
     store.remove_tree(spill)
+    began = time.perf_counter()
     spill_texts(store, sources=sources, order=order, spill=spill, shard_rows=shard_rows)
+    phase_seconds["gather_seconds"] = time.perf_counter() - began
+    began = time.perf_counter()
     folder = writer.folder  # written through the store: its credentials, endpoint and retries
     exported = export_mix(mix_shards(store, order=order, spill=spill, shard_rows=shard_rows), order=order,
                           folder=folder, config=config.export, tokenizer=config.tokenizer, num_threads=2,
                           write=store.write_bytes)
     store.remove_tree(spill)
+    phase_seconds["export_seconds"] = time.perf_counter() - began
     if contamination.height:
         store.write_parquet(contamination, posixpath.join(writer.folder, "contamination.parquet"))
     mix_stats = dict(sample.stats) | {
@@ -849,7 +856,8 @@ def mixed(
     wall = time.perf_counter() - started
     manifest = writer.commit(
         code_version=CODE_VERSIONS["mixed"], files=parts, inputs=inputs, config=config_json,
-        statistics=statistics, timings={"wall_seconds": round(wall, 4)}, quarantine={"records": 0, "by_reason": {}},
+        statistics=statistics, timings={name: round(seconds, 4) for name, seconds in phase_seconds.items()} | {"wall_seconds": round(wall, 4)},
+        quarantine={"records": 0, "by_reason": {}},
         extra_files=extra,
     )
     return StageResult(manifest, False, store.uri(writer.folder))

@@ -19,10 +19,13 @@ from typing import Callable, Iterator
 
 import pytest
 
-from textmill.config import RawConfig
-from textmill.executor import SerialExecutor
-from textmill.stages import StageResult, raw
-from textmill.storage import Store
+# helper modules with asserts and fixtures that test modules import: rewritten before any of them loads
+pytest.register_assert_rewrite("llm_server", "processes")
+
+from textmill.config import RawConfig  # noqa: E402
+from textmill.executor import SerialExecutor  # noqa: E402
+from textmill.stages import StageResult, raw  # noqa: E402
+from textmill.storage import Store  # noqa: E402
 
 SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "textmill" / "sample"
 

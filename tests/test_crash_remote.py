@@ -18,7 +18,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,9 +37,9 @@ from textmill.gc import find_garbage
 from textmill.storage import MANIFEST, Store
 
 sys.path.insert(0, str(Path(__file__).parent))
-pytest.register_assert_rewrite("llm_server")  # a plugin of test_crash_resume, imported here first
 from crash_driver import CRAWL, run_stage  # noqa: E402
 from llm_server import free_port  # noqa: E402
+from processes import stop_group  # noqa: E402
 from test_crash_resume import (  # noqa: E402
     DRIVER, Reader, Reference, assert_same_as_reference, drill_recipe, file_table, fresh_store, kill_tree,
     landed_mid_write, manifest_problems, marker_count, reference,
@@ -196,15 +195,7 @@ def ray_cluster() -> Iterator[RayCluster]:
             time.sleep(0.3)
         yield RayCluster(head, f"127.0.0.1:{gcs}", env, temp_dir)
     finally:
-        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(head, grace=30)  # `ray start --block` stops the processes it started on SIGTERM
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

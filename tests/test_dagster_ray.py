@@ -11,7 +11,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from assets.raw import raw
 from assets.resources import TextmillResource, resource_from_env
 from textmill.storage import Store
 from llm_server import free_port  # one helper for a free 127.0.0.1 port
+from processes import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "textmill" / "sample"
@@ -90,15 +90,7 @@ def ray_head(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
         if ray.is_initialized():
             ray.shutdown()
-        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(head, grace=30)  # `ray start --block` stops the processes it started on SIGTERM
         log.close()
         # the Ray Client server's own logs, shown by pytest when the test failed
         for path in sorted(Path(temp_dir).glob("session_*/logs/ray_client_server*.err")):

@@ -29,7 +29,6 @@ from textmill.stages import raw
 from textmill.storage import MANIFEST, Store
 
 sys.path.insert(0, str(Path(__file__).parent))
-pytest.register_assert_rewrite("llm_server")  # a plugin of test_crash_resume, imported here first
 from crash_driver import CRAWL, run_stage  # noqa: E402
 from test_crash_resume import drill_recipe, kill_tree, manifest_problems, start_driver  # noqa: E402
 

@@ -29,7 +29,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-pytest.register_assert_rewrite("llm_server")
 from fault_proxy import OPENAI_MODES, FaultProxy  # noqa: E402
 from llm_server import ScriptedServer  # noqa: E402
 from textmill import stages  # noqa: E402

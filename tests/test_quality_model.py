@@ -18,7 +18,6 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-pytest.register_assert_rewrite("llm_server")  # a helper module with fixtures, imported below
 
 from llm_server import ScriptedServer, free_port, smollm2_gguf  # noqa: E402
 from textmill.filters.quality_model import (

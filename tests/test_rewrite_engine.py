@@ -22,7 +22,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-pytest.register_assert_rewrite("llm_server")
 from llm_server import ScriptedServer  # noqa: E402
 
 from textmill.rewrite.backends import (LlamaCppBackend, LlamaCppBackendConfig, OpenAIBackend,  # noqa: E402

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,10 +28,10 @@ from textmill.executor import SerialExecutor
 from textmill.names import InvalidNameError, check_name, is_valid_name
 from textmill.storage import Store
 
-pytest.register_assert_rewrite("llm_server")
 pytest_plugins = ["llm_server"]  # the session's llama.cpp server fixture, shared with other modules
 
 from llm_server import free_port, smollm2_gguf  # noqa: E402
+from processes import stop_group  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "textmill" / "sample"
@@ -411,14 +410,7 @@ def test_ui_listens_on_loopback_only(tmp_path):
         assert all(address.startswith("127.") or address == "::1" for _, address, _ in _listening(tree)), \
             _listening(tree)
     finally:  # the whole group: textmill and the webserver (and its code server) it started
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        stop_group(process, grace=30)
         log.close()
 
 

@@ -1,7 +1,10 @@
 """Shard execution: a process pool gives the same version and the same bytes as in-process runs."""
 
+import os
 import shutil
 from pathlib import Path
+
+import pytest
 
 from textmill import stages
 from textmill.config import RawConfig
@@ -38,3 +41,24 @@ def test_progress_is_reported_per_file(tmp_path):
                progress=lambda done, total: seen.append((done, total)))
     total = len(list((tmp_path / "landing" / "c1").rglob("*.gz")))
     assert seen == [(i, total) for i in range(1, total + 1)]
+
+
+def test_a_dead_pool_worker_fails_the_map_at_once_and_close_leaves_no_worker():
+    """A worker that dies mid-task (here it exits abruptly, as a SIGKILL or the OOM killer would end
+    it) raises BrokenProcessPool in the caller; closing the pool then returns and no worker is left."""
+    import time
+    from concurrent.futures.process import BrokenProcessPool
+
+    executor = LocalProcessExecutor(workers=2)
+    assert list(executor.map(abs, [-1, -2, -3])) == [1, 2, 3]  # the pool is up
+    workers = list(executor._pool._processes.values())
+    began = time.monotonic()
+    with pytest.raises(BrokenProcessPool):
+        list(executor.map(os._exit, [3, 3, 3, 3]))
+    executor.close()
+    assert time.monotonic() - began < 30
+    for worker in workers:
+        worker.join(timeout=10)
+        assert worker.exitcode is not None
+    assert list(executor.map(abs, [-4, -5])) == [4, 5]  # a new pool after a broken one
+    executor.close()

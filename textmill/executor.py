@@ -12,7 +12,9 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator, Protocol, Sequence, TypeVar
 
 from textmill.config import ExecutionConfig
@@ -88,10 +90,46 @@ class LocalProcessExecutor:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
                                              initializer=_exit_with_parent)
         log.debug("running %d shards on %d processes", len(tasks), self.workers)
-        yield from self._pool.map(fn, tasks)
+        futures = [self._pool.submit(fn, task) for task in tasks]
+        try:
+            for future in futures:
+                yield self._result(future)
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def _result(self, future: Future[R]) -> R:
+        """The task's result; a pool worker that died (killed, out of memory) fails the run at once.
+
+        The pool notices a dead worker by itself, but if that happens while its manager thread is
+        busy it can leave futures pending forever (seen once in a kill drill on CPython 3.11), so
+        the wait also checks the workers' exit codes every second.
+        """
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except FutureTimeout:
+                pool = self._pool
+                processes = list((getattr(pool, "_processes", None) or {}).values())
+                if any(process.exitcode is not None for process in processes):
+                    self._abandon()
+                    raise BrokenProcessPool("a pool worker died (killed, or out of memory): the run stops") from None
+
+    def _abandon(self) -> None:
+        """Kill a broken pool's remaining workers and drop it without waiting on its threads."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            if process.exitcode is None:
+                process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self._pool is not None:
+            if getattr(self._pool, "_broken", False):  # joining a broken pool's threads can block
+                self._abandon()
+                return
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 
 def signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -25,3 +27,17 @@ def stop_group(process: subprocess.Popen, *, grace: float = 15.0) -> None:
         pass
     signal_group(process, signal.SIGKILL)
     process.wait(timeout=15)
+
+
+#: every port a Ray head opens, each given explicitly so parallel heads and other servers never collide
+RAY_HEAD_PORTS = ("port", "ray-client-server-port", "dashboard-port", "dashboard-agent-listen-port",
+                  "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+                  "node-manager-port", "object-manager-port")
+
+
+def ray_head_command(temp_dir: str, ports: dict[str, int]) -> list[str]:
+    """`ray start --head --block` on 127.0.0.1: 2 CPUs, no dashboard, a small object store, the given ports."""
+    return [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus=2",
+            "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={temp_dir}",
+            "--disable-usage-stats", "--object-store-memory=200000000",
+            *(f"--{name}={port}" for name, port in ports.items())]

@@ -39,23 +39,14 @@ from textmill.storage import MANIFEST, Store
 sys.path.insert(0, str(Path(__file__).parent))
 from crash_driver import CRAWL, run_stage  # noqa: E402
 from llm_server import free_port  # noqa: E402
-from processes import stop_group  # noqa: E402
+from processes import RAY_HEAD_PORTS, ray_head_command, stop_group  # noqa: E402
 from test_crash_resume import (  # noqa: E402
-    DRIVER, Reader, Reference, assert_same_as_reference, drill_recipe, file_table, fresh_store, kill_tree,
-    landed_mid_write, manifest_problems, marker_count, reference,
+    Reader, Reference, assert_same_as_reference, drill_recipe, file_table, fresh_store, kill_tree,
+    landed_mid_write, manifest_problems, marker_count, reference, start_driver,
 )
 
 pytestmark = pytest.mark.slow
 __all__ = ["reference"]  # the module-scoped uninterrupted chain of the local drills, used here as a fixture
-
-
-def start(stage: str, root: str, recipe: Recipe, upstream: list[str], *, env: dict[str, str] | None = None
-          ) -> subprocess.Popen[str]:
-    """The crash driver in its own process group (as `test_crash_resume.start_driver`, with extra env)."""
-    path = os.pathsep.join(filter(None, [str(DRIVER.parent), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, str(DRIVER), stage, root, recipe.model_dump_json(), *upstream],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=os.environ | (env or {}) | {"PYTHONPATH": path})
 
 
 def wait_for(proc: subprocess.Popen[str], ready: Callable[[], bool], *, timeout: float = 180.0) -> bool:
@@ -106,7 +97,7 @@ def test_raw_killed_mid_write_on_s3_resumes_to_the_same_version_and_bytes(moto_s
 
         store = stores["killed"]
         with Reader(Path("unused"), "raw", store=store) as reader:
-            proc = start("raw", store.url, recipe, [])
+            proc = start_driver("raw", store.url, recipe, [])
             try:
                 reached = wait_for(proc, lambda: s3_markers(store) >= kill_at)
             finally:
@@ -176,14 +167,9 @@ def ray_cluster() -> Iterator[RayCluster]:
     token = secrets.token_hex(32)
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     temp_dir = tempfile.mkdtemp(prefix="tmray", dir="/tmp")  # Unix socket paths are limited to 107 bytes
-    gcs = free_port()
-    ports = {name: free_port() for name in (
-        "ray-client-server-port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-        "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port")}
-    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus=2",
-               "--node-ip-address=127.0.0.1", f"--port={gcs}", "--include-dashboard=false",
-               f"--temp-dir={temp_dir}", "--disable-usage-stats", "--object-store-memory=200000000",
-               *(f"--{name}={port}" for name, port in ports.items())]
+    ports = {name: free_port() for name in RAY_HEAD_PORTS}
+    gcs = ports["port"]
+    command = ray_head_command(temp_dir, ports)
     log = open(Path(temp_dir) / "head.log", "wb")
     head = subprocess.Popen(command, env=os.environ | env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -222,7 +208,7 @@ def test_ray_run_killed_mid_stage_resumes_to_the_same_version_and_bytes(referenc
     root = fresh_store(reference, tmp_path / "driver", "raw")
     kill_at = rng.randint(1, total - 1)
     with Reader(root, "raw") as reader:
-        proc = start("raw", str(root), recipe, [], env=ray_cluster.env)
+        proc = start_driver("raw", str(root), recipe, [], env=ray_cluster.env)
         try:
             reached = wait_for(proc, lambda: marker_count(root, "raw") >= kill_at)
             job_workers = ray_cluster.busy_workers()
@@ -235,7 +221,7 @@ def test_ray_run_killed_mid_stage_resumes_to_the_same_version_and_bytes(referenc
         gone, alive = psutil.wait_procs(job_workers, timeout=30)
         assert alive == [], f"the killed job's Ray workers kept running: {[titles[p.pid] for p in alive]}"
         assert landed_mid_write(root, "raw", reference.versions["raw"])
-        rerun = start("raw", str(root), recipe, [], env=ray_cluster.env)
+        rerun = start_driver("raw", str(root), recipe, [], env=ray_cluster.env)
         out, err = rerun.communicate(timeout=180)
         assert rerun.returncode == 0, err[-3000:]
         assert reader.saw_a_version()
@@ -248,7 +234,7 @@ def test_ray_run_killed_mid_stage_resumes_to_the_same_version_and_bytes(referenc
     kill_at = rng.randint(1, total - 1)
     victims: list[str] = []
     with Reader(root, "raw") as reader:
-        proc = start("raw", str(root), recipe, [], env=ray_cluster.env)
+        proc = start_driver("raw", str(root), recipe, [], env=ray_cluster.env)
         try:
             def busy_worker_past_kill_point() -> bool:
                 if marker_count(root, "raw") < kill_at:

@@ -287,10 +287,13 @@ class Run:
         return json.loads(self.stdout.strip().splitlines()[-1])
 
 
-def start_driver(stage: str, root: Path, recipe: Recipe, upstream: list[str]) -> subprocess.Popen[str]:
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(DRIVER.parent), os.environ.get("PYTHONPATH")]))}
+def start_driver(stage: str, root: Path | str, recipe: Recipe, upstream: list[str], *,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The crash driver in its own process group; `env` adds variables (a Ray cluster's token)."""
+    path = os.pathsep.join(filter(None, [str(DRIVER.parent), os.environ.get("PYTHONPATH")]))
     return subprocess.Popen([sys.executable, str(DRIVER), stage, str(root), recipe.model_dump_json(), *upstream],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=os.environ | (env or {}) | {"PYTHONPATH": path})
 
 
 def pool_workers(proc: subprocess.Popen[str]) -> list[psutil.Process]:

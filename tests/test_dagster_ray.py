@@ -13,7 +13,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from assets.raw import raw
 from assets.resources import TextmillResource, resource_from_env
 from textmill.storage import Store
 from llm_server import free_port  # one helper for a free 127.0.0.1 port
-from processes import stop_group
+from processes import RAY_HEAD_PORTS, ray_head_command, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "textmill" / "sample"
@@ -58,15 +57,10 @@ def ray_head(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     # the per-client server process
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
                RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="120")
-    client_port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="tmray", dir="/tmp")  # short: Unix socket paths are limited to 107 bytes
-    ports = {name: free_port() for name in (
-        "port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-        "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port")}
-    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus=2",
-               "--node-ip-address=127.0.0.1", f"--ray-client-server-port={client_port}",
-               "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-               "--object-store-memory=200000000", *(f"--{name}={port}" for name, port in ports.items())]
+    ports = {name: free_port() for name in RAY_HEAD_PORTS}
+    client_port = ports["ray-client-server-port"]
+    command = ray_head_command(temp_dir, ports)
     log = open(Path(temp_dir) / "head.log", "wb")
     head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

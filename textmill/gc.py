@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
+from textmill.dedup import index as dedup_index
 from textmill.names import is_valid_name
 from textmill.storage import MANIFEST, Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE = timedelta(hours=24)
-INDEX_COMPLETE = "_complete.json"  # textmill.dedup.index.COMPLETE (not imported: gc needs no dedup code)
 TEMP_FILE = re.compile(r"\.tmp-[0-9a-f]{32}$")  # Store.write_bytes: f"{path}.tmp-{uuid4().hex}"
 
 KINDS = ("unfinished_version", "orphan_quarantine", "work_folder", "unfinished_index_entry", "temp_file")
@@ -181,10 +181,11 @@ def _scan(store: Store) -> list[_Found]:
                         add(kind, path, (stage, partition, version))
 
     referenced = _referenced_index_entries(store)
-    for scope in _names(store, "state", "dedup"):
-        for crawl in _names(store, "state", "dedup", scope):
-            for version in _names(store, "state", "dedup", scope, crawl):
-                path = store.path("state", "dedup", scope, crawl, version)
+    top = dedup_index.INDEX_FOLDER
+    for scope in _names(store, *top):
+        for crawl in _names(store, *top, scope):
+            for version in _names(store, *top, scope, crawl):
+                path = dedup_index.entry_dir(store, scope, crawl, version)
                 if path in referenced or is_committed("deduped", crawl, version):
                     continue
                 # readers take an entry only when it is complete and its deduped version committed

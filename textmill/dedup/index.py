@@ -18,10 +18,11 @@ import polars as pl
 from textmill.storage import Store
 
 COMPLETE = "_complete.json"
+INDEX_FOLDER = ("state", "dedup")  # under the store root: {scope}/{crawl}/{version}/ per index entry
 
 
 def index_root(store: Store, scope_key: str) -> str:
-    return store.path("state", "dedup", scope_key)
+    return store.path(*INDEX_FOLDER, scope_key)
 
 
 def entry_dir(store: Store, scope_key: str, crawl: str, version: str) -> str:

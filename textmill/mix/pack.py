@@ -190,8 +190,8 @@ class WindowPacker:
         self._ids: list[pl.Series] = []
         self._lengths: list[np.ndarray] = []
         self._buffered = 0
-        self.windows, self.sequences, self.documents = 0, 0, 0
-        self.totals = dict.fromkeys(_SUMMED, 0)
+        self.windows = 0
+        self.totals = dict.fromkeys(_SUMMED, 0)  # over the windows packed so far
 
     def add(self, flat: np.ndarray, offsets: np.ndarray, *, ids: pl.Series) -> None:
         """Buffer documents (flat tokens + offsets, in mix order); pack every window that fills up."""
@@ -234,11 +234,10 @@ class WindowPacker:
         fn = pack_concat if self.packer == "concat" else pack_best_fit
         packed = fn(flat, offsets, ids=ids, sequence_length=self.sequence_length, pad_id=self.pad_id)
         del flat
-        index = packed.index.with_columns(pl.col("seq") + self.sequences, pl.col("doc") + self.documents)
+        index = packed.index.with_columns(pl.col("seq") + self.totals["sequences"],
+                                          pl.col("doc") + self.totals["documents"])
         packed = Packed(packed.tokens, index, packed.stats)
         for key in _SUMMED:
             self.totals[key] += packed.stats[key]
         self.emit(self.windows, packed)
         self.windows += 1
-        self.sequences += packed.stats["sequences"]
-        self.documents += packed.stats["documents"]
